@@ -1,0 +1,331 @@
+//! Commands, flags, exit codes and human output. Exit codes: 0 done, 1 the task (or patch)
+//! failed or was rejected, 2 bad usage or configuration.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::runner::{self, RunError, SolveRequest};
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-runner", version, about = "Turns a coding task into a tested pull request, with the model's edits confined to a locked-down Docker sandbox.")]
+pub struct Cli {
+    /// Config file (default: ./agent-runner.toml if present; env AGENT_RUNNER_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log verbosity (ERROR, WARN, INFO, DEBUG, TRACE); overrides LOG_LEVEL.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Where journals, transcripts and work trees live; overrides AGENT_RUNNER_STATE_DIR.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Solve a task on a local repository (path or clone URL) and leave the result as a branch.
+    Solve(SolveArgs),
+    /// Process one dispatch issue of DISPATCH_REPO into a pull request.
+    RunIssue(RunIssueArgs),
+    /// Apply a model's edits to a directory.
+    #[command(subcommand)]
+    Patch(PatchCommand),
+    /// Manage the sandbox image.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// The model: `replay:<transcript.jsonl>`, or `openai` (any OpenAI-compatible server, see --model and --base-url).
+    #[arg(long)]
+    pub llm: Option<String>,
+    /// Model name (LLM_MODEL).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// OpenAI-compatible API root, e.g. http://localhost:11434/v1 (LLM_BASE_URL).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Write every exchange with the model to this JSONL file (replayable with --llm replay:<file>).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Model replies allowed per task.
+    #[arg(long)]
+    pub max_iterations: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SolveArgs {
+    /// A local repository or directory, or a clone URL.
+    #[arg(long)]
+    pub repo: String,
+    /// What to do, in plain words.
+    #[arg(long)]
+    pub instruction: String,
+    /// The command that runs the tests (default: detected from the repository).
+    #[arg(long)]
+    pub test_cmd: Option<String>,
+    /// Push the result branch to the repository's remote.
+    #[arg(long)]
+    pub push: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunIssueArgs {
+    /// The dispatch issue number.
+    #[arg(long)]
+    pub issue: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatchCommand {
+    /// Apply the edits in a file (or - for stdin): exit 0 applied, 1 rejected (tree untouched).
+    Apply {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        patch: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the full report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Allow edits under .github/workflows/.
+        #[arg(long)]
+        allow_workflows: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Build the default sandbox image from Debian packages (no registry needed).
+    Build,
+}
+
+/// A failure the user must act on, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+    fn task(message: impl ToString) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Failure {
+        match e {
+            RunError::Config(_) | RunError::Llm(crate::llm::LlmError::Config(_)) => Failure::usage(e),
+            other => Failure::task(other),
+        }
+    }
+}
+
+pub async fn main(cli: Cli) -> ExitCode {
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(failure) => return report(failure, None),
+    };
+    crate::logging::init(&config.log_level, cli.log_format == LogFormat::Json);
+    let redactor = config.redactor();
+    let result = match cli.command {
+        Command::Solve(args) => solve(config, args).await,
+        Command::RunIssue(args) => run_issue(config, args).await,
+        Command::Patch(PatchCommand::Apply {
+            dir,
+            patch,
+            dry_run,
+            json,
+            allow_workflows,
+        }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
+        Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => report(failure, Some(&redactor)),
+    }
+}
+
+fn report(failure: Failure, redactor: Option<&crate::config::Redactor>) -> ExitCode {
+    let message = redactor.map_or(failure.message.clone(), |r| r.redact(&failure.message));
+    eprintln!("error: {message}");
+    ExitCode::from(failure.code)
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let mut config =
+        Config::load(cli.config.as_deref(), &|name| std::env::var(name).ok()).map_err(Failure::usage)?;
+    if let Some(level) = &cli.log_level {
+        config.log_level = level.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = dir.clone();
+    }
+    if let Command::Solve(SolveArgs { model, .. }) | Command::RunIssue(RunIssueArgs { model, .. }) = &cli.command {
+        apply_model_args(&mut config, model)?;
+    }
+    config.validate().map_err(Failure::usage)?;
+    Ok(config)
+}
+
+fn apply_model_args(config: &mut Config, args: &ModelArgs) -> Result<(), Failure> {
+    if let Some(spec) = &args.llm {
+        match spec.split_once(':') {
+            Some(("replay", file)) if !file.is_empty() => {
+                config.llm.provider = "replay".into();
+                config.llm.replay_file = Some(PathBuf::from(file));
+            }
+            None if spec == "openai" => config.llm.provider = "openai".into(),
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--llm {spec:?} is not a model spec: use `replay:<transcript.jsonl>` or `openai`"
+                )));
+            }
+        }
+    }
+    if let Some(model) = &args.model {
+        config.llm.model = model.clone();
+    }
+    if let Some(url) = &args.base_url {
+        config.llm.base_url = url.clone();
+    }
+    if let Some(path) = &args.record {
+        config.llm.record_file = Some(path.clone());
+    }
+    if let Some(n) = args.max_iterations {
+        config.agent.max_iterations = n;
+    }
+    Ok(())
+}
+
+async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
+    let report = runner::solve(
+        &config,
+        SolveRequest {
+            repo: args.repo,
+            instruction: args.instruction,
+            test_cmd: args.test_cmd,
+            push: args.push,
+        },
+    )
+    .await?;
+    let outcome = &report.outcome;
+    if !report.diff.is_empty() {
+        println!("{}", report.diff.trim_end());
+        println!();
+    }
+    let budget = crate::agent::Budget {
+        max_iterations: config.agent.max_iterations,
+        max_wall: std::time::Duration::from_secs(config.agent.max_wall_secs),
+        max_context_bytes: config.agent.max_context_bytes,
+    };
+    let verdict = if outcome.succeeded() { "SOLVED" } else { "NOT SOLVED" };
+    println!("{verdict}: {}", outcome.stop.describe(&budget));
+    println!("  model:       {}", report.model);
+    println!("  tests before: {}", outcome.baseline.summary());
+    println!("  tests after:  {}", outcome.final_test().summary());
+    println!(
+        "  iterations:  {} ({} edit sets applied, {} rejected)",
+        outcome.iterations, outcome.edits_applied, outcome.edits_rejected
+    );
+    println!(
+        "  tokens:      {} in, {} out",
+        outcome.usage.prompt_tokens, outcome.usage.completion_tokens
+    );
+    println!("  time:        {}", report.timings.describe());
+    if report.diff.is_empty() {
+        println!("  result:      no change was made");
+    } else {
+        println!("  result:      branch {} in {}", report.branch, report.workdir.display());
+        if let Some(place) = &report.branch_in {
+            println!("               and in {place}");
+        }
+    }
+    println!("  transcript:  {}", report.transcript.display());
+    Ok(if outcome.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failure> {
+    let report = runner::run_issue(&config, args.issue).await?;
+    let verb = if report.pr_created { "opened" } else { "updated" };
+    println!(
+        "issue #{} (task {}): {verb} pull request {}",
+        report.task.issue_number, report.task.task_id, report.pr_url
+    );
+    println!("  tests before: {}", report.outcome.baseline.summary());
+    println!("  tests after:  {}", report.outcome.final_test().summary());
+    println!(
+        "  tokens:      {} in, {} out",
+        report.outcome.usage.prompt_tokens, report.outcome.usage.completion_tokens
+    );
+    println!("  time:        {}", report.timings.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn patch_apply(dir: PathBuf, patch: &str, dry_run: bool, json: bool, allow_workflows: bool) -> Result<ExitCode, Failure> {
+    let text = if patch == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::usage(format!("cannot read the patch from stdin: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(patch).map_err(|e| Failure::usage(format!("cannot read the patch {patch}: {e}")))?
+    };
+    if !dir.is_dir() {
+        return Err(Failure::usage(format!("--dir {} is not a directory", dir.display())));
+    }
+    let policy = crate::edit::PathPolicy {
+        protect_workflows: !allow_workflows,
+    };
+    let report = crate::edit::apply(&dir, &text, &policy, dry_run).map_err(Failure::task)?;
+    if json {
+        let out = serde_json::to_string_pretty(&report).map_err(Failure::task)?;
+        println!("{out}");
+    } else if report.applied {
+        print!("{}", report.diff);
+    }
+    if report.applied {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", report.feedback());
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn sandbox_build() -> Result<ExitCode, Failure> {
+    let docker = crate::sandbox::connect().await.map_err(Failure::task)?;
+    let tag = crate::sandbox::ensure_default_image(&docker, &mut |line: &str| eprintln!("{line}"))
+        .await
+        .map_err(Failure::task)?;
+    println!("{tag}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,449 @@
+//! One `Config`: `agent-runner.toml` < environment (the setup guide's names) < CLI flags.
+//! Secrets are [`Secret`]s, which never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::dispatch::RepoName;
+
+/// A value that must never appear in logs, errors, comments, PR bodies or commits.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name}={value:?} is not valid: {why}")]
+    Invalid { name: &'static str, value: String, why: String },
+    #[error("{0}")]
+    Missing(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// GitHub token (`AGENT_RUNNER_GITHUB_TOKEN` or `GITHUB_TOKEN`).
+    pub github_token: Option<Secret>,
+    /// REST API root (`GITHUB_API_URL`); GitHub Enterprise: `https://HOST/api/v3`.
+    pub github_api_url: String,
+    /// `owner/repo` of the dispatch repository (`DISPATCH_REPO` or `HANDSFREE_AGENT_DISPATCH_REPO`).
+    pub dispatch_repo: String,
+    /// Target used when an issue names none (`AGENT_RUNNER_DEFAULT_TARGET`).
+    pub default_target: Option<String>,
+    /// Name used in comments (`AGENT_NAME`).
+    pub agent_name: String,
+    /// `LOG_LEVEL`: ERROR, WARN, INFO, DEBUG or TRACE.
+    pub log_level: String,
+    /// `POLL_INTERVAL_SECONDS`.
+    pub poll_interval_seconds: u64,
+    /// Journal, transcripts and work trees (`AGENT_RUNNER_STATE_DIR`).
+    pub state_dir: PathBuf,
+    pub git_author_name: String,
+    pub git_author_email: String,
+    pub llm: LlmConfig,
+    pub agent: AgentConfig,
+    pub sandbox: SandboxConfig,
+    /// Per target repository settings, keyed by `owner/repo`.
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// `openai` (any OpenAI-compatible server) or `replay` (`LLM_PROVIDER`).
+    pub provider: String,
+    /// `LLM_API_KEY`.
+    pub api_key: Option<Secret>,
+    /// `LLM_MODEL`.
+    pub model: String,
+    /// `LLM_BASE_URL`: OpenAI, vLLM, Ollama (`http://localhost:11434/v1`), llama.cpp ...
+    pub base_url: String,
+    /// JSONL transcript the replay provider answers from (`LLM_REPLAY_FILE`).
+    pub replay_file: Option<PathBuf>,
+    /// Write every exchange with a real model to this JSONL file (a replay fixture).
+    pub record_file: Option<PathBuf>,
+    pub request_timeout_secs: u64,
+    pub max_output_tokens: u32,
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Model replies per task.
+    pub max_iterations: u32,
+    /// Wall-clock budget of the agent loop, in seconds.
+    pub max_wall_secs: u64,
+    /// How much file content goes into the first prompt.
+    pub max_context_bytes: usize,
+    /// Refuse edits under `.github/workflows/`.
+    pub protect_workflows: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// A local image to use instead of the default one (built offline on demand).
+    pub image: Option<String>,
+    pub memory_mb: i64,
+    pub cpus: f64,
+    pub pids: i64,
+    pub command_timeout_secs: u64,
+    /// A container runtime such as `runsc` (gVisor).
+    pub runtime: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetConfig {
+    pub test_cmd: Option<String>,
+    pub image: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            github_token: None,
+            github_api_url: "https://api.github.com".into(),
+            dispatch_repo: "endomorphosis/lift_coding_dispatch".into(),
+            default_target: None,
+            agent_name: "custom-agent".into(),
+            log_level: "INFO".into(),
+            poll_interval_seconds: 30,
+            state_dir: default_state_dir(),
+            git_author_name: "Agent Runner Bot".into(),
+            git_author_email: "agent-runner@example.com".into(),
+            llm: LlmConfig::default(),
+            agent: AgentConfig::default(),
+            sandbox: SandboxConfig::default(),
+            targets: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> LlmConfig {
+        LlmConfig {
+            provider: "openai".into(),
+            api_key: None,
+            model: "gpt-4".into(),
+            base_url: "https://api.openai.com/v1".into(),
+            replay_file: None,
+            record_file: None,
+            request_timeout_secs: 300,
+            max_output_tokens: 4096,
+            temperature: 0.0,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> AgentConfig {
+        AgentConfig {
+            max_iterations: 6,
+            max_wall_secs: 1800,
+            max_context_bytes: 60_000,
+            protect_workflows: true,
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> SandboxConfig {
+        SandboxConfig {
+            image: None,
+            memory_mb: 2048,
+            cpus: 1.0,
+            pids: 256,
+            command_timeout_secs: 600,
+            runtime: None,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("agent-runner");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/agent-runner");
+    }
+    PathBuf::from(".agent-runner-state")
+}
+
+/// The config file used when none is named: `./agent-runner.toml` if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "agent-runner.toml";
+
+impl Config {
+    /// Reads the file (if any) and then the environment, as seen through `env`.
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let named = file
+            .map(Path::to_path_buf)
+            .or_else(|| env("AGENT_RUNNER_CONFIG").map(PathBuf::from));
+        let mut config = match named {
+            Some(path) => Config::from_file(&path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+        if let Some(v) = get(&["AGENT_RUNNER_GITHUB_TOKEN", "GITHUB_TOKEN"]) {
+            self.github_token = Some(Secret::new(v));
+        }
+        if let Some(v) = get(&["GITHUB_API_URL"]) {
+            self.github_api_url = v;
+        }
+        if let Some(v) = get(&["DISPATCH_REPO", "HANDSFREE_AGENT_DISPATCH_REPO"]) {
+            self.dispatch_repo = v;
+        }
+        if let Some(v) = get(&["AGENT_RUNNER_DEFAULT_TARGET"]) {
+            self.default_target = Some(v);
+        }
+        if let Some(v) = get(&["AGENT_NAME"]) {
+            self.agent_name = v;
+        }
+        if let Some(v) = get(&["LOG_LEVEL"]) {
+            self.log_level = v;
+        }
+        if let Some(v) = get(&["POLL_INTERVAL_SECONDS"]) {
+            self.poll_interval_seconds = v.parse().map_err(|_| ConfigError::Invalid {
+                name: "POLL_INTERVAL_SECONDS",
+                value: v.clone(),
+                why: "expected a whole number of seconds".into(),
+            })?;
+        }
+        if let Some(v) = get(&["AGENT_RUNNER_STATE_DIR"]) {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get(&["LLM_PROVIDER"]) {
+            self.llm.provider = v;
+        }
+        if let Some(v) = get(&["LLM_API_KEY"]) {
+            self.llm.api_key = Some(Secret::new(v));
+        }
+        if let Some(v) = get(&["LLM_MODEL"]) {
+            self.llm.model = v;
+        }
+        if let Some(v) = get(&["LLM_BASE_URL"]) {
+            self.llm.base_url = v;
+        }
+        if let Some(v) = get(&["LLM_REPLAY_FILE"]) {
+            self.llm.replay_file = Some(PathBuf::from(v));
+        }
+        Ok(())
+    }
+
+    /// Checks what every command needs; command-specific needs are checked where used.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dispatch_repo()?;
+        self.default_target()?;
+        if crate::logging::level_filter(&self.log_level).is_none() {
+            return Err(ConfigError::Invalid {
+                name: "LOG_LEVEL",
+                value: self.log_level.clone(),
+                why: "expected ERROR, WARN, INFO, DEBUG or TRACE".into(),
+            });
+        }
+        if !matches!(self.llm.provider.as_str(), "openai" | "replay") {
+            return Err(ConfigError::Invalid {
+                name: "LLM_PROVIDER",
+                value: self.llm.provider.clone(),
+                why: "expected `openai` (any OpenAI-compatible server) or `replay`".into(),
+            });
+        }
+        for name in self.targets.keys() {
+            if RepoName::parse(name).is_none() {
+                return Err(ConfigError::Invalid {
+                    name: "targets",
+                    value: name.clone(),
+                    why: "target keys are `owner/repo`".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dispatch_repo(&self) -> Result<RepoName, ConfigError> {
+        RepoName::parse(&self.dispatch_repo).ok_or_else(|| ConfigError::Invalid {
+            name: "DISPATCH_REPO",
+            value: self.dispatch_repo.clone(),
+            why: "expected `owner/repo`".into(),
+        })
+    }
+
+    pub fn default_target(&self) -> Result<Option<RepoName>, ConfigError> {
+        self.default_target
+            .as_deref()
+            .map(|t| {
+                RepoName::parse(t).ok_or_else(|| ConfigError::Invalid {
+                    name: "AGENT_RUNNER_DEFAULT_TARGET",
+                    value: t.to_string(),
+                    why: "expected `owner/repo`".into(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn github_token(&self) -> Result<&Secret, ConfigError> {
+        self.github_token.as_ref().ok_or_else(|| {
+            ConfigError::Missing(
+                "no GitHub token: set GITHUB_TOKEN (or AGENT_RUNNER_GITHUB_TOKEN) to a token with issues, contents and pull-requests write access".into(),
+            )
+        })
+    }
+
+    pub fn target(&self, repo: &str) -> TargetConfig {
+        self.targets.get(repo).cloned().unwrap_or_default()
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.sandbox.command_timeout_secs)
+    }
+
+    /// Everything secret this runner holds, for redaction.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(
+            [&self.github_token, &self.llm.api_key]
+                .into_iter()
+                .flatten()
+                .map(|s| s.expose().to_string()),
+        )
+    }
+}
+
+/// Replaces the runner's own secrets in any text that leaves the process.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Redactor {
+        // Very short values would redact ordinary words; no real token is that short.
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 6).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn guide_names_work_and_file_is_overridden_by_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent-runner.toml");
+        std::fs::write(
+            &file,
+            "agent_name = \"from-file\"\ndispatch_repo = \"file/dispatch\"\n[llm]\nmodel = \"file-model\"\n[targets.\"acme/w\"]\ntest_cmd = \"make test\"\n",
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("GITHUB_TOKEN", "ghp_secretvalue"),
+            ("HANDSFREE_AGENT_DISPATCH_REPO", "acme/dispatch"),
+            ("LLM_MODEL", "qwen"),
+            ("POLL_INTERVAL_SECONDS", "5"),
+        ]);
+        let config = Config::load(Some(&file), &env).unwrap();
+        assert_eq!(config.agent_name, "from-file");
+        assert_eq!(config.dispatch_repo, "acme/dispatch");
+        assert_eq!(config.llm.model, "qwen");
+        assert_eq!(config.poll_interval_seconds, 5);
+        assert_eq!(config.github_token().unwrap().expose(), "ghp_secretvalue");
+        assert_eq!(config.target("acme/w").test_cmd.as_deref(), Some("make test"));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn specific_names_win() {
+        let env = env_of(&[
+            ("GITHUB_TOKEN", "generic-token"),
+            ("AGENT_RUNNER_GITHUB_TOKEN", "runner-token"),
+            ("DISPATCH_REPO", "a/one"),
+            ("HANDSFREE_AGENT_DISPATCH_REPO", "b/two"),
+        ]);
+        let config = Config::load(None, &env).unwrap();
+        assert_eq!(config.github_token().unwrap().expose(), "runner-token");
+        assert_eq!(config.dispatch_repo, "a/one");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::load(None, &env_of(&[("POLL_INTERVAL_SECONDS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("POLL_INTERVAL_SECONDS"));
+        let config = Config::load(None, &env_of(&[("DISPATCH_REPO", "nope")])).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("DISPATCH_REPO"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "unknown_key = 1\n").unwrap();
+        assert!(Config::from_file(&file).unwrap_err().to_string().contains("unknown_key"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config::load(
+            None,
+            &env_of(&[("GITHUB_TOKEN", "ghp_abcdef123456"), ("LLM_API_KEY", "sk-live-987654")]),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("ghp_abcdef123456") && !debug.contains("sk-live-987654"));
+        let r = config.redactor();
+        assert_eq!(r.redact("token ghp_abcdef123456 and sk-live-987654"), "token *** and ***");
+    }
+}

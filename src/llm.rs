@@ -1,0 +1,382 @@
+//! Chat models: any OpenAI-compatible server, a replay model that answers from a recorded
+//! JSONL transcript (tests, demos), and a recorder that writes such transcripts.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
+    CreateChatCompletionRequestArgs,
+};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::config::LlmConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Message {
+        Message { role: Role::System, content: content.into() }
+    }
+    pub fn user(content: impl Into<String>) -> Message {
+        Message { role: Role::User, content: content.into() }
+    }
+    pub fn assistant(content: impl Into<String>) -> Message {
+        Message { role: Role::Assistant, content: content.into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub content: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model server at {base_url} failed: {message}")]
+    Request { base_url: String, message: String },
+    #[error("the model server at {base_url} did not answer within {secs} s")]
+    Timeout { base_url: String, secs: u64 },
+    #[error("the replay transcript {path} has no reply left (it holds {count}); record a longer one or raise nothing else")]
+    ReplayExhausted { path: PathBuf, count: usize },
+    #[error("the replay transcript {path} is not valid at line {line}: {message}")]
+    ReplayFormat { path: PathBuf, line: usize, message: String },
+    #[error("cannot use {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A chat model. Implementations are cheap to share between tasks.
+pub trait ChatModel: Send + Sync {
+    /// What the model is, for summaries and transcripts (never holds a key).
+    fn describe(&self) -> String;
+    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>>;
+}
+
+/// Builds the model the configuration names, wrapped in a recorder when asked.
+pub fn from_config(config: &LlmConfig) -> Result<Box<dyn ChatModel>, LlmError> {
+    let model: Box<dyn ChatModel> = match config.provider.as_str() {
+        "replay" => {
+            let path = config.replay_file.as_ref().ok_or_else(|| {
+                LlmError::Config(
+                    "LLM_PROVIDER=replay needs a transcript: pass --llm replay:<file> or set LLM_REPLAY_FILE".into(),
+                )
+            })?;
+            Box::new(ReplayModel::load(path)?)
+        }
+        "openai" => Box::new(OpenAiModel::new(config)),
+        other => {
+            return Err(LlmError::Config(format!(
+                "unknown LLM provider `{other}`: use `openai` (any OpenAI-compatible server) or `replay`"
+            )));
+        }
+    };
+    match &config.record_file {
+        Some(path) => Ok(Box::new(Recorder::create(model, path)?)),
+        None => Ok(model),
+    }
+}
+
+/// Any server that speaks OpenAI's chat-completions API: OpenAI, vLLM, Ollama, llama.cpp.
+pub struct OpenAiModel {
+    client: async_openai::Client<OpenAIConfig>,
+    base_url: String,
+    model: String,
+    max_output_tokens: u32,
+    temperature: f32,
+    timeout: Duration,
+}
+
+impl OpenAiModel {
+    pub fn new(config: &LlmConfig) -> OpenAiModel {
+        let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
+        // Local servers need no key; sending a placeholder keeps strict proxies happy.
+        let key = config.api_key.as_ref().map(|k| k.expose()).unwrap_or("none");
+        openai = openai.with_api_key(key);
+        OpenAiModel {
+            client: async_openai::Client::with_config(openai),
+            base_url: config.base_url.clone(),
+            model: config.model.clone(),
+            max_output_tokens: config.max_output_tokens,
+            temperature: config.temperature,
+            timeout: Duration::from_secs(config.request_timeout_secs),
+        }
+    }
+
+    fn request_error(&self, message: impl Into<String>) -> LlmError {
+        LlmError::Request {
+            base_url: self.base_url.clone(),
+            message: message.into(),
+        }
+    }
+
+    async fn call(&self, messages: &[Message]) -> Result<Completion, LlmError> {
+        let request_messages = messages
+            .iter()
+            .map(to_openai_message)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.request_error(e.to_string()))?;
+        let request = CreateChatCompletionRequestArgs::default()
+            .model(&self.model)
+            .messages(request_messages)
+            .max_completion_tokens(self.max_output_tokens)
+            .temperature(self.temperature)
+            .build()
+            .map_err(|e| self.request_error(e.to_string()))?;
+        let response = tokio::time::timeout(self.timeout, self.client.chat().create(request))
+            .await
+            .map_err(|_| LlmError::Timeout {
+                base_url: self.base_url.clone(),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(|e| self.request_error(e.to_string()))?;
+        let content = response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        let usage = response
+            .usage
+            .map(|u| Usage {
+                prompt_tokens: u64::from(u.prompt_tokens),
+                completion_tokens: u64::from(u.completion_tokens),
+            })
+            .unwrap_or_else(|| estimate_usage(messages, &content));
+        Ok(Completion { content, usage })
+    }
+}
+
+fn to_openai_message(m: &Message) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
+    Ok(match m.role {
+        Role::System => ChatCompletionRequestSystemMessageArgs::default()
+            .content(m.content.as_str())
+            .build()?
+            .into(),
+        Role::User => ChatCompletionRequestUserMessageArgs::default()
+            .content(m.content.as_str())
+            .build()?
+            .into(),
+        Role::Assistant => ChatCompletionRequestAssistantMessageArgs::default()
+            .content(m.content.as_str())
+            .build()?
+            .into(),
+    })
+}
+
+impl ChatModel for OpenAiModel {
+    fn describe(&self) -> String {
+        format!("{} at {}", self.model, self.base_url)
+    }
+    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+        Box::pin(self.call(messages))
+    }
+}
+
+/// When a server reports no usage: about four characters a token.
+fn estimate_usage(messages: &[Message], reply: &str) -> Usage {
+    let prompt: usize = messages.iter().map(|m| m.content.len()).sum();
+    Usage {
+        prompt_tokens: prompt.div_ceil(4) as u64,
+        completion_tokens: reply.len().div_ceil(4) as u64,
+    }
+}
+
+/// One exchange of a transcript: what was asked (optional for replay) and what came back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TranscriptEntry {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Message>,
+    pub reply: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Answers from a JSONL transcript, one line per reply, in order.
+pub struct ReplayModel {
+    path: PathBuf,
+    count: usize,
+    replies: Mutex<VecDeque<TranscriptEntry>>,
+}
+
+impl ReplayModel {
+    pub fn load(path: &Path) -> Result<ReplayModel, LlmError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LlmError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut replies = VecDeque::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry: TranscriptEntry = serde_json::from_str(line).map_err(|e| LlmError::ReplayFormat {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: format!("{e} (each line is {{\"reply\": \"...\"}}, optionally with \"messages\" and \"usage\")"),
+            })?;
+            replies.push_back(entry);
+        }
+        Ok(ReplayModel {
+            path: path.to_path_buf(),
+            count: replies.len(),
+            replies: Mutex::new(replies),
+        })
+    }
+
+    fn next(&self, messages: &[Message]) -> Result<Completion, LlmError> {
+        let entry = self
+            .replies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front()
+            .ok_or_else(|| LlmError::ReplayExhausted {
+                path: self.path.clone(),
+                count: self.count,
+            })?;
+        let usage = entry.usage.unwrap_or_else(|| estimate_usage(messages, &entry.reply));
+        Ok(Completion {
+            content: entry.reply,
+            usage,
+        })
+    }
+}
+
+impl ChatModel for ReplayModel {
+    fn describe(&self) -> String {
+        format!("replay of {}", self.path.display())
+    }
+    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+        Box::pin(std::future::ready(self.next(messages)))
+    }
+}
+
+/// Writes every exchange of the wrapped model as a transcript line a [`ReplayModel`] can replay.
+pub struct Recorder {
+    inner: Box<dyn ChatModel>,
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl Recorder {
+    pub fn create(inner: Box<dyn ChatModel>, path: &Path) -> Result<Recorder, LlmError> {
+        let io = |source| LlmError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = std::fs::File::create(path).map_err(io)?;
+        Ok(Recorder {
+            inner,
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    fn write(&self, entry: &TranscriptEntry) -> Result<(), LlmError> {
+        let mut line = serde_json::to_string(entry).map_err(|e| LlmError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        line.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.flush())
+            .map_err(|source| LlmError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+impl ChatModel for Recorder {
+    fn describe(&self) -> String {
+        format!("{} (recording to {})", self.inner.describe(), self.path.display())
+    }
+    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+        Box::pin(async move {
+            let completion = self.inner.complete(messages).await?;
+            self.write(&TranscriptEntry {
+                messages: messages.to_vec(),
+                reply: completion.content.clone(),
+                usage: Some(completion.usage.clone()),
+            })?;
+            Ok(completion)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replay_answers_in_order_then_says_it_is_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(
+            &path,
+            "{\"reply\": \"one\", \"usage\": {\"prompt_tokens\": 10, \"completion_tokens\": 2}}\n\n{\"reply\": \"two\"}\n",
+        )
+        .unwrap();
+        let model = ReplayModel::load(&path).unwrap();
+        let asked = [Message::user("12345678")];
+        let first = model.complete(&asked).await.unwrap();
+        assert_eq!((first.content.as_str(), first.usage.prompt_tokens), ("one", 10));
+        let second = model.complete(&asked).await.unwrap();
+        assert_eq!((second.content.as_str(), second.usage.prompt_tokens), ("two", 2));
+        let err = model.complete(&asked).await.unwrap_err();
+        assert!(err.to_string().contains("no reply left"), "{err}");
+    }
+
+    #[test]
+    fn bad_transcript_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, "{\"reply\": \"ok\"}\nnot json\n").unwrap();
+        let err = ReplayModel::load(&path).err().unwrap();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn recorder_output_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.jsonl");
+        std::fs::write(&source, "{\"reply\": \"hello\"}\n").unwrap();
+        let recorded = dir.path().join("rec/out.jsonl");
+        let recorder = Recorder::create(Box::new(ReplayModel::load(&source).unwrap()), &recorded).unwrap();
+        recorder.complete(&[Message::user("hi")]).await.unwrap();
+        let replay = ReplayModel::load(&recorded).unwrap();
+        assert_eq!(replay.complete(&[]).await.unwrap().content, "hello");
+        let line = std::fs::read_to_string(&recorded).unwrap();
+        assert!(line.contains("\"role\":\"user\""), "{line}");
+    }
+}

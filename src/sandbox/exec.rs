@@ -1,0 +1,478 @@
+//! Running one command in a sandbox: timeout, process-tree kill, capped output, OOM.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::KillContainerOptionsBuilder;
+use futures_util::{Stream, StreamExt};
+
+use super::SandboxError;
+use super::container::Sandbox;
+
+/// The user commands run as (the image's `sandbox` user).
+pub(crate) const EXEC_USER: &str = "10001:10001";
+
+/// How much longer than the in-container `timeout` the host waits for the output stream
+/// to close before it kills the process tree itself.
+const HOST_GRACE: Duration = Duration::from_secs(3);
+
+/// `$1` = pgid file, `$2` = seconds, `$3` = the command. `timeout` puts itself and the
+/// command into a new process group (pgid = its pid) and at the deadline SIGKILLs the whole
+/// group. When the command ends earlier, whatever it left running in that group is killed
+/// too (`kill` and `wait` are shell builtins: this works even when a fork bomb has used up
+/// the pids limit). stderr is merged into stdout so the interleaving is exact.
+const WRAPPER: &str = r#"timeout -s KILL "$2" sh -c "$3" </dev/null 2>&1 & p=$!
+echo "$p" > "$1" 2>/dev/null
+wait "$p"; rc=$?
+kill -9 -- "-$p" 2>/dev/null
+exit "$rc""#;
+
+/// What one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Exit code of `sh -c command` (137 = SIGKILL); `None` if Docker did not report one.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr interleaved, capped: the head and the tail are kept, with a marker
+    /// line in between saying how many bytes were cut.
+    pub output: String,
+    /// The command ran into its timeout and its process tree was killed.
+    pub timed_out: bool,
+    /// The kernel's OOM killer killed a process of the command (memory limit reached).
+    pub oom_killed: bool,
+    /// Bytes of output that were not kept.
+    pub truncated_bytes: u64,
+    /// Wall-clock time from start to end of the command.
+    pub duration: Duration,
+    /// The processes could not be killed from inside, so the whole container was killed;
+    /// the sandbox is unusable afterwards.
+    pub container_killed: bool,
+}
+
+impl ExecOutcome {
+    /// Exit code 0, no timeout, no OOM kill.
+    pub fn passed(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out && !self.oom_killed
+    }
+
+    /// One line for humans and the model, e.g. `exit 1 in 2.3s`,
+    /// `timed out after 600.0s (process tree killed)`, `killed: out of memory`.
+    pub fn summary(&self) -> String {
+        let secs = self.duration.as_secs_f64();
+        let mut s = if self.timed_out {
+            if self.container_killed {
+                format!("timed out after {secs:.1}s (container killed)")
+            } else {
+                format!("timed out after {secs:.1}s (process tree killed)")
+            }
+        } else if self.oom_killed {
+            format!("killed: out of memory after {secs:.1}s")
+        } else {
+            match self.exit_code {
+                Some(137) => format!("killed (SIGKILL, exit 137) in {secs:.1}s"),
+                Some(code) => format!("exit {code} in {secs:.1}s"),
+                None => format!("no exit code after {secs:.1}s"),
+            }
+        };
+        if self.truncated_bytes > 0 {
+            s.push_str(&format!(" (output cut: {} bytes)", self.truncated_bytes));
+        }
+        s
+    }
+
+    /// The last `max_lines` lines of the output.
+    pub fn tail(&self, max_lines: usize) -> String {
+        if max_lines == 0 {
+            return String::new();
+        }
+        let trimmed = self.output.strip_suffix('\n').unwrap_or(&self.output);
+        let mut start = 0;
+        for (seen, (i, _)) in trimmed.rmatch_indices('\n').enumerate() {
+            if seen + 1 == max_lines {
+                start = i + 1;
+                break;
+            }
+        }
+        self.output[start..].to_string()
+    }
+}
+
+/// Keeps the first half of the cap and a ring of the last half; never holds more.
+#[derive(Debug)]
+pub(crate) struct OutputCapture {
+    head: Vec<u8>,
+    head_cap: usize,
+    tail: VecDeque<u8>,
+    tail_cap: usize,
+    total: u64,
+}
+
+impl OutputCapture {
+    pub(crate) fn new(cap: usize) -> Self {
+        let head_cap = cap / 2;
+        OutputCapture {
+            head: Vec::with_capacity(head_cap.min(64 * 1024)),
+            head_cap,
+            tail: VecDeque::new(),
+            tail_cap: cap - head_cap,
+            total: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let mut rest = data;
+        if self.head.len() < self.head_cap {
+            let n = (self.head_cap - self.head.len()).min(rest.len());
+            self.head.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        if rest.is_empty() || self.tail_cap == 0 {
+            return;
+        }
+        if rest.len() >= self.tail_cap {
+            self.tail.clear();
+            self.tail.extend(&rest[rest.len() - self.tail_cap..]);
+        } else {
+            let overflow = (self.tail.len() + rest.len()).saturating_sub(self.tail_cap);
+            self.tail.drain(..overflow);
+            self.tail.extend(rest);
+        }
+    }
+
+    /// (text, bytes cut)
+    pub(crate) fn finish(self) -> (String, u64) {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let cut = self.total - kept;
+        let mut bytes = self.head;
+        if cut > 0 {
+            if !bytes.ends_with(b"\n") {
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(
+                format!("[agent-runner: {cut} bytes of output cut here]\n").as_bytes(),
+            );
+        }
+        bytes.extend(self.tail);
+        (String::from_utf8_lossy(&bytes).into_owned(), cut)
+    }
+}
+
+async fn drain<S>(output: &mut S, capture: &mut OutputCapture) -> Result<(), bollard::errors::Error>
+where
+    S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+{
+    while let Some(item) = output.next().await {
+        match item? {
+            LogOutput::StdOut { message }
+            | LogOutput::StdErr { message }
+            | LogOutput::Console { message } => capture.push(&message),
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses `oom_kill N` from cgroup v2 `memory.events` or v1 `memory.oom_control`.
+pub(crate) fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+}
+
+impl Sandbox {
+    /// Runs `sh -c command` in `/workspace` as the sandbox user under
+    /// `limits.command_timeout` (see [`Sandbox::exec_with_timeout`]).
+    pub async fn exec(&self, command: &str) -> Result<ExecOutcome, SandboxError> {
+        self.exec_with_timeout(command, self.limits.command_timeout)
+            .await
+    }
+
+    /// Like [`Sandbox::exec`] with an explicit timeout. On expiry the whole process tree of
+    /// the command is killed (SIGKILL to its process group inside the container; if the
+    /// output does not end, every process of the sandbox user; if that fails too, the
+    /// container). Background processes the command leaves in its process group are killed
+    /// when it ends: nothing outlives its command unless it escaped with `setsid`.
+    pub async fn exec_with_timeout(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let n = self
+            .exec_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pgid_file = format!("/tmp/.agent-runner-exec-{n}.pgid");
+        let secs = format!("{:.3}", timeout.as_secs_f64().max(0.001));
+        let cmd = vec![
+            "sh",
+            "-c",
+            WRAPPER,
+            "agent-runner-exec",
+            pgid_file.as_str(),
+            secs.as_str(),
+            command,
+        ];
+        let started = Instant::now();
+        let exec = self
+            .docker
+            .create_exec(
+                &self.id,
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    user: Some(EXEC_USER),
+                    working_dir: Some("/workspace"),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let start = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    output_capacity: Some(64 * 1024),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        let StartExecResults::Attached { mut output, .. } = start else {
+            return Err(SandboxError::Exec("Docker started the exec detached".into()));
+        };
+        let mut capture = OutputCapture::new(self.limits.output_cap_bytes);
+        let mut timed_out = false;
+        let mut container_killed = false;
+        {
+            let mut reading = pin!(drain(&mut output, &mut capture));
+            match tokio::time::timeout(timeout + HOST_GRACE, &mut reading).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    timed_out = true;
+                    tracing::warn!(container = %self.id, "command outlived its timeout; killing its process group");
+                    let group = format!("kill -9 -- -\"$(cat {pgid_file})\"");
+                    let _ = self.run_internal(&["sh", "-c", &group], EXEC_USER).await;
+                    if tokio::time::timeout(Duration::from_secs(1), &mut reading)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(container = %self.id, "output still open; killing every process of the sandbox user");
+                        // PID 1 (docker-init + sleep) runs as another uid, so it survives.
+                        let _ = self.run_internal(&["kill", "-9", "-1"], EXEC_USER).await;
+                        if tokio::time::timeout(Duration::from_secs(3), &mut reading)
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(container = %self.id, "processes survive; killing the container");
+                            let _ = self
+                                .docker
+                                .kill_container(
+                                    &self.id,
+                                    Some(KillContainerOptionsBuilder::default().signal("SIGKILL").build()),
+                                )
+                                .await;
+                            container_killed = true;
+                        }
+                    }
+                }
+            }
+        }
+        drop(output);
+        let duration = started.elapsed();
+
+        let mut exit_code = None;
+        if !container_killed {
+            for _ in 0..40 {
+                let info = self.docker.inspect_exec(&exec.id).await?;
+                exit_code = info.exit_code;
+                if info.running != Some(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+
+        let killed = exit_code == Some(137) || timed_out;
+        let oom_killed = killed && self.oom_happened().await;
+        if !timed_out && exit_code == Some(137) && !oom_killed {
+            // `timeout -s KILL` kills its own group, itself included: exit 137 at the deadline.
+            timed_out = duration + Duration::from_millis(50) >= timeout;
+        }
+        if !container_killed {
+            let _ = self.run_internal(&["rm", "-f", &pgid_file], EXEC_USER).await;
+        }
+        let (output, truncated_bytes) = capture.finish();
+        Ok(ExecOutcome {
+            exit_code,
+            output,
+            timed_out,
+            oom_killed,
+            truncated_bytes,
+            duration,
+            container_killed,
+        })
+    }
+
+    /// Whether the OOM killer struck since the last check (cgroup counter), or the
+    /// container itself was OOM-killed.
+    async fn oom_happened(&self) -> bool {
+        let read = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
+        if let Ok((_, text)) = self.run_internal(&["sh", "-c", read], EXEC_USER).await
+            && let Some(count) = parse_oom_kills(&text)
+        {
+            let mut seen = self
+                .oom_kills_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let new = count > *seen;
+            *seen = count;
+            if new {
+                return true;
+            }
+        }
+        match self.docker.inspect_container(&self.id, None).await {
+            Ok(info) => info
+                .state
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Runs a short internal command (no wrapper, 10 s limit) and returns (exit code, output).
+    pub(crate) async fn run_internal(
+        &self,
+        cmd: &[&str],
+        user: &str,
+    ) -> Result<(Option<i64>, String), SandboxError> {
+        let work = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    &self.id,
+                    CreateExecOptions {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(cmd.to_vec()),
+                        user: Some(user),
+                        working_dir: Some("/workspace"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut capture = OutputCapture::new(64 * 1024);
+            if let StartExecResults::Attached { mut output, .. } =
+                self.docker.start_exec(&exec.id, None).await?
+            {
+                drain(&mut output, &mut capture).await?;
+            }
+            let mut code = None;
+            for _ in 0..40 {
+                let info = self.docker.inspect_exec(&exec.id).await?;
+                code = info.exit_code;
+                if info.running != Some(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok::<_, SandboxError>((code, capture.finish().0))
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| SandboxError::Exec(format!("internal command {cmd:?} hung")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(exit: Option<i64>, output: &str) -> ExecOutcome {
+        ExecOutcome {
+            exit_code: exit,
+            output: output.to_string(),
+            timed_out: false,
+            oom_killed: false,
+            truncated_bytes: 0,
+            duration: Duration::from_millis(2300),
+            container_killed: false,
+        }
+    }
+
+    #[test]
+    fn capture_keeps_everything_under_the_cap() {
+        let mut c = OutputCapture::new(10);
+        c.push(b"abc");
+        c.push(b"def");
+        assert_eq!(c.finish(), ("abcdef".to_string(), 0));
+    }
+
+    #[test]
+    fn capture_keeps_head_and_tail_and_counts_the_cut() {
+        let mut c = OutputCapture::new(8);
+        for chunk in [&b"0123"[..], b"45", b"6789abcdef", b"XY"] {
+            c.push(chunk);
+        }
+        let (text, cut) = c.finish();
+        assert_eq!(cut, 18 - 8);
+        assert_eq!(
+            text,
+            "0123\n[agent-runner: 10 bytes of output cut here]\nefXY"
+        );
+    }
+
+    #[test]
+    fn capture_never_holds_more_than_the_cap() {
+        let mut c = OutputCapture::new(1000);
+        let chunk = vec![b'y'; 4096];
+        for _ in 0..1000 {
+            c.push(&chunk);
+        }
+        assert_eq!(c.head.len(), 500);
+        assert_eq!(c.tail.len(), 500);
+        assert!(c.tail.capacity() < 8192);
+        let (_, cut) = c.finish();
+        assert_eq!(cut, 4096 * 1000 - 1000);
+    }
+
+    #[test]
+    fn summaries() {
+        assert_eq!(outcome(Some(1), "").summary(), "exit 1 in 2.3s");
+        assert!(outcome(Some(0), "").passed());
+        assert!(!outcome(Some(1), "").passed());
+        let mut t = outcome(Some(137), "");
+        t.timed_out = true;
+        t.duration = Duration::from_secs(600);
+        assert_eq!(t.summary(), "timed out after 600.0s (process tree killed)");
+        assert!(!t.passed());
+        let mut o = outcome(Some(137), "");
+        o.oom_killed = true;
+        o.truncated_bytes = 5;
+        assert_eq!(
+            o.summary(),
+            "killed: out of memory after 2.3s (output cut: 5 bytes)"
+        );
+    }
+
+    #[test]
+    fn tail_returns_the_last_lines() {
+        let o = outcome(Some(0), "a\nb\nc\n");
+        assert_eq!(o.tail(2), "b\nc\n");
+        assert_eq!(o.tail(5), "a\nb\nc\n");
+        assert_eq!(o.tail(0), "");
+        assert_eq!(outcome(Some(0), "x\ny").tail(1), "y");
+    }
+
+    #[test]
+    fn oom_counter_parsing() {
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            Some(3)
+        );
+        assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n"), Some(2));
+        assert_eq!(parse_oom_kills(""), None);
+    }
+}

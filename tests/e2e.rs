@@ -1,0 +1,403 @@
+//! End to end: the real binary, a real Docker Engine, real git over smart HTTP, the replay
+//! model, and the GitHub fake. These tests need Docker and fail (never skip) without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use support::{FakeGitHub, branch_commit_message, branch_files, branch_names, make_bare_repo};
+
+const TOKEN: &str = "ghp_e2eSecretToken0123456789abcdef";
+const LLM_KEY: &str = "sk-e2eLlmKey0123456789";
+const TASK_ID: &str = "7b0c3d52-9a43-4c59-8a2f-2f7f8f6b1c11";
+const DISPATCH: &str = "acme/dispatch";
+const TARGET: &str = "acme/calculator";
+const AGENT: &str = "e2e-runner";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example_files() -> Vec<(String, String)> {
+    let dir = root().join("examples/calculator");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_file() && !name.ends_with(".jsonl") {
+            files.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    files
+}
+
+/// A dispatch issue body exactly as the HandsFree backend writes it.
+fn dispatch_body(target: Option<&str>, instruction: &str) -> String {
+    let mut lines = vec![
+        "# Agent Task Delegation".to_string(),
+        String::new(),
+        format!("**Task ID:** `{TASK_ID}`"),
+        "**User ID:** `user-42`".to_string(),
+        String::new(),
+    ];
+    if let Some(target) = target {
+        lines.push(format!("**Target:** issue `{target}`"));
+        lines.push(String::new());
+    }
+    lines.extend([
+        "## Instructions".to_string(),
+        String::new(),
+        instruction.to_string(),
+        String::new(),
+        "---".to_string(),
+        String::new(),
+        "<!-- agent_task_metadata".to_string(),
+        format!("{{\"task_id\": \"{TASK_ID}\", \"user_id\": \"user-42\", \"provider\": \"github_issue_dispatch\"}}"),
+        "-->".to_string(),
+    ]);
+    lines.join("\n")
+}
+
+struct World {
+    gh: FakeGitHub,
+    tmp: tempfile::TempDir,
+    target_bare: PathBuf,
+}
+
+impl World {
+    async fn new() -> World {
+        let gh = FakeGitHub::start(TOKEN).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let files = example_files();
+        let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        let target_bare = make_bare_repo(&tmp.path().join("calculator.git"), &refs, "main");
+        gh.add_repo(TARGET, "main", &target_bare);
+        let dispatch_bare = make_bare_repo(&tmp.path().join("dispatch.git"), &[("README.md", "dispatch\n")], "main");
+        gh.add_repo(DISPATCH, "main", &dispatch_bare);
+        // The target issue the task refers to.
+        gh.add_issue(TARGET, "add() is wrong", "2 + 3 gives -1. <!-- hidden note -->", &[], "alice", "OWNER");
+        World { gh, tmp, target_bare }
+    }
+
+    fn dispatch_issue(&self, body: &str) -> u64 {
+        self.gh.add_issue(
+            DISPATCH,
+            "Fix add() in the calculator",
+            body,
+            &["copilot-agent"],
+            "handsfree-bot",
+            "MEMBER",
+        )
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    async fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-runner"));
+        command
+            .args(args)
+            .current_dir(root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.tmp.path())
+            .env("GITHUB_TOKEN", TOKEN)
+            .env("LLM_API_KEY", LLM_KEY)
+            .env("GITHUB_API_URL", self.gh.api_url())
+            .env("DISPATCH_REPO", DISPATCH)
+            .env("AGENT_NAME", AGENT)
+            .env("AGENT_RUNNER_STATE_DIR", self.state_dir());
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            command.env("DOCKER_HOST", host);
+        }
+        command.envs(extra_env.iter().copied());
+        command.output().await.unwrap()
+    }
+
+    fn transcript(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("transcripts").join(format!("{TASK_ID}.jsonl"))).unwrap_or_default()
+    }
+
+    /// Everything this run sent out or left behind, to check no secret leaked.
+    fn assert_no_secret_leaked(&self, outputs: &[&Output]) {
+        let mut texts: Vec<String> = self.gh.requests().into_iter().map(|r| format!("{} {} {}", r.path, r.query, r.body)).collect();
+        for output in outputs {
+            texts.push(String::from_utf8_lossy(&output.stdout).into_owned());
+            texts.push(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        texts.push(self.transcript());
+        for branch in branch_names(&self.target_bare) {
+            texts.push(branch_commit_message(&self.target_bare, &branch).unwrap_or_default());
+        }
+        for text in texts {
+            assert!(!text.contains(TOKEN), "the GitHub token leaked: {text}");
+            assert!(!text.contains(LLM_KEY), "the LLM key leaked: {text}");
+        }
+        let git_config = std::fs::read_to_string(self.state_dir().join("work").join(TASK_ID).join(".git/config")).unwrap_or_default();
+        assert!(!git_config.contains(TOKEN), "the token was written into .git/config");
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+fn replay(name: &str) -> String {
+    let path = if name == "fix" {
+        root().join("examples/calculator/fix.jsonl")
+    } else {
+        root().join("tests/fixtures").join(format!("calculator-{name}.jsonl"))
+    };
+    format!("replay:{}", path.display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
+    let world = World::new().await;
+    let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add(): it subtracts."));
+    let issue_arg = issue.to_string();
+    let llm = replay("fix");
+    let args = ["run-issue", "--issue", issue_arg.as_str(), "--llm", llm.as_str()];
+
+    let first = world.run(&args, &[]).await;
+    assert_exit(&first, 0);
+    assert!(text(&first.stdout).contains("opened pull request"), "{}", text(&first.stdout));
+
+    let pulls = world.gh.pulls(TARGET);
+    assert_eq!(pulls.len(), 1);
+    let pr = &pulls[0];
+    assert_eq!(pr.head, format!("agent-task-{issue}"));
+    assert_eq!(pr.base, "main");
+    assert_eq!(pr.title, "Agent task: Fix add() in the calculator");
+    let expected_start = format!(
+        "Automated changes from agent task\n\nFixes {DISPATCH}#{issue}\n\n<!-- agent_task_metadata {{\"task_id\": \"{TASK_ID}\"}} -->\n\n## Changes\n"
+    );
+    assert!(pr.body.starts_with(&expected_start), "{}", pr.body);
+    assert!(pr.body.contains("## Test Results") && pr.body.contains("## Task Instruction"), "{}", pr.body);
+    assert!(pr.body.contains("- After the change: exit 0"), "{}", pr.body);
+
+    let files = branch_files(&world.target_bare, &pr.head).unwrap();
+    let calc = files.iter().find(|(p, _)| p == "calc.py").unwrap();
+    assert!(calc.1.contains("return a + b"), "{}", calc.1);
+    let message = branch_commit_message(&world.target_bare, &pr.head).unwrap();
+    assert!(message.starts_with(&format!("Process agent task from dispatch issue #{issue}")), "{message}");
+    assert!(message.contains(&format!("Task-Id: {TASK_ID}")), "{message}");
+
+    let comments = world.gh.comments(DISPATCH, issue);
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert!(comments[0].starts_with(&format!("🤖 {AGENT} started processing this task at ")), "{}", comments[0]);
+    assert!(comments[0].ends_with('Z'));
+    assert!(comments[1].starts_with(&format!("✅ {AGENT} completed processing this task.")), "{}", comments[1]);
+    assert!(comments[1].contains(&format!("/pull/{}", pr.number)), "{}", comments[1]);
+
+    // The target issue's hidden HTML comment never reaches the model.
+    let transcript = world.transcript();
+    assert!(transcript.contains("2 + 3 gives -1"), "target context is given to the model");
+    assert!(!transcript.contains("hidden note"));
+
+    let second = world.run(&args, &[]).await;
+    assert_exit(&second, 0);
+    assert!(text(&second.stdout).contains("updated pull request"), "{}", text(&second.stdout));
+    assert_eq!(world.gh.pulls(TARGET).len(), 1, "a re-run never opens a second pull request");
+
+    assert!(
+        world.gh.requests().iter().all(|r| !r.path.contains("/merge")),
+        "nothing ever asks to merge"
+    );
+    world.assert_no_secret_leaked(&[&first, &second]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
+    let world = World::new().await;
+    let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));
+    let issue_arg = issue.to_string();
+    let llm = replay("never-green");
+    let output = world
+        .run(&["run-issue", "--issue", &issue_arg, "--llm", &llm, "--max-iterations", "2"], &[])
+        .await;
+    assert_exit(&output, 1);
+    assert!(world.gh.pulls(TARGET).is_empty());
+    assert!(!branch_names(&world.target_bare).contains(&format!("agent-task-{issue}")));
+    let comments = world.gh.comments(DISPATCH, issue);
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    let failed = &comments[1];
+    assert!(failed.starts_with(&format!("❌ {AGENT} failed to process this task: the tests still fail after 2 model replies")), "{failed}");
+    assert!(failed.contains("Last test output (tail):") && failed.contains("test_add"), "{failed}");
+    assert!(failed.contains("Transcript:"), "{failed}");
+    let transcript = world.transcript();
+    assert!(transcript.contains("\"kind\":\"stop\""), "the transcript is kept: {transcript}");
+    world.assert_no_secret_leaked(&[&output]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_issue_gets_a_comment_and_nothing_is_cloned() {
+    let world = World::new().await;
+    let body = "## Instructions\n\nFix add().\n\n(no metadata here)";
+    let issue = world.dispatch_issue(body);
+    let output = world
+        .run(&["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")], &[])
+        .await;
+    assert_exit(&output, 1);
+    assert!(text(&output.stderr).contains("no task id"), "{}", text(&output.stderr));
+    let comments = world.gh.comments(DISPATCH, issue);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].starts_with(&format!("❌ {AGENT} failed to process this task: the issue body has no task id")), "{}", comments[0]);
+    let requests = world.gh.requests();
+    assert!(requests.iter().all(|r| !r.path.starts_with("/git/")), "nothing is cloned");
+    assert!(requests.iter().all(|r| r.path != format!("/repos/{TARGET}")), "the target is not even looked up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_target_and_no_default_is_rejected_with_a_comment() {
+    let world = World::new().await;
+    let issue = world.dispatch_issue(&dispatch_body(None, "Fix add()."));
+    let output = world
+        .run(&["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")], &[])
+        .await;
+    assert_exit(&output, 1);
+    let comments = world.gh.comments(DISPATCH, issue);
+    assert!(comments[0].contains("names no target repository") && comments[0].contains("default_target"), "{comments:?}");
+
+    // With a default target configured the same issue is processed.
+    let output = world
+        .run(
+            &["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")],
+            &[("AGENT_RUNNER_DEFAULT_TARGET", TARGET)],
+        )
+        .await;
+    assert_exit(&output, 0);
+    assert_eq!(world.gh.pulls(TARGET).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn solve_recovers_from_a_malformed_edit_after_feedback() {
+    let world = World::new().await;
+    let llm = replay("malformed-then-fixed");
+    let output = world
+        .run(&["solve", "--repo", "examples/calculator", "--instruction", "Fix add().", "--llm", &llm], &[])
+        .await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("SOLVED: the tests pass"), "{stdout}");
+    assert!(stdout.contains("iterations:  2 (1 edit sets applied, 1 rejected)"), "{stdout}");
+    assert!(stdout.contains("+    return a + b"), "the diff is printed: {stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewhere() {
+    let world = World::new().await;
+    let work = world.tmp.path().join("local");
+    let clone = std::process::Command::new("git")
+        .args(["clone", "-q", world.target_bare.to_str().unwrap(), work.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(clone.success());
+    let output = world
+        .run(
+            &["solve", "--repo", work.to_str().unwrap(), "--instruction", "Fix add().", "--llm", &replay("fix")],
+            &[],
+        )
+        .await;
+    assert_exit(&output, 0);
+    let branches = std::process::Command::new("git")
+        .args(["-C", work.to_str().unwrap(), "branch", "--list", "agent/*"])
+        .output()
+        .unwrap();
+    assert!(text(&branches.stdout).contains("agent/"), "the result branch is in the local repo");
+    assert_eq!(branch_names(&world.target_bare), ["main"], "nothing was pushed to the remote without --push");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_unreachable_is_a_clear_error() {
+    let world = World::new().await;
+    let output = world
+        .run(
+            &["solve", "--repo", "examples/calculator", "--instruction", "Fix add().", "--llm", &replay("fix")],
+            &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+        )
+        .await;
+    assert_exit(&output, 1);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("Docker is unreachable at unix:///nonexistent/docker.sock"), "{stderr}");
+    assert!(stderr.contains("Start the Docker Engine or set DOCKER_HOST"), "{stderr}");
+}
+
+/// The README's first command works as written.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_quick_start_solves_the_example() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = quick_start_block(&readme);
+    assert_eq!(block.len(), 2, "the quick start holds exactly two commands: {block:?}");
+    assert!(block[1].contains("cargo nextest run") || block[1].contains("cargo test"), "{}", block[1]);
+    let args = shell_words(block[0].split_once(" -- ").expect("line 1 runs the binary with `cargo run ... -- ARGS`").1);
+    assert_eq!(args[0], "solve");
+    let world = World::new().await;
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = world.run(&refs, &[]).await;
+    assert_exit(&output, 0);
+    assert!(text(&output.stdout).contains("SOLVED: the tests pass"), "{}", text(&output.stdout));
+}
+
+fn quick_start_block(readme: &str) -> Vec<String> {
+    let section = readme.split("## Quick start").nth(1).expect("a ## Quick start section");
+    let block = section.split("```").nth(1).expect("a fenced block");
+    block
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits a command line the way a POSIX shell would for simple quoting.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(current);
+    }
+    words
+}
+
+#[test]
+fn shell_words_split_like_a_shell() {
+    assert_eq!(shell_words("solve --x 'a b' \"c d\" e"), ["solve", "--x", "a b", "c d", "e"]);
+}
