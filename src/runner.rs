@@ -319,8 +319,15 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
         ws.commit_all(&commit_message(&first_line, &outcome, &task_id), (&author.0, &author.1))?;
         match &source {
             Source::LocalRepo(dir) => {
-                ws.push(&dir.to_string_lossy(), &branch, None)?;
+                ws.fetch_into(dir, &branch)?;
                 branch_in = Some(dir.display().to_string());
+                if request.push {
+                    let origin = workspace::origin_url(dir).ok_or_else(|| {
+                        RunError::Task(format!("--push: {} has no `origin` remote to push to", dir.display()))
+                    })?;
+                    ws.push(&origin, &branch, token.as_ref())?;
+                    branch_in = Some(format!("{} and {origin}", dir.display()));
+                }
             }
             Source::Url(url) if request.push => {
                 ws.push(url, &branch, token.as_ref())?;

@@ -229,6 +229,21 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Copies the local `branch` into the repository at `dest` (which may have a work tree:
+    /// libgit2 cannot push into those, so `dest` fetches it).
+    pub fn fetch_into(&self, dest: &Path, branch: &str) -> Result<(), WorkspaceError> {
+        let target = Repository::open(dest).map_err(git_error(format!("open {}", dest.display())))?;
+        let mut remote = target
+            .remote_anonymous(&self.dir.to_string_lossy())
+            .map_err(git_error(format!("read {branch} from the work repository")))?;
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        remote
+            .fetch(&[refspec.as_str()], None, None)
+            .map_err(git_error(format!("copy {branch} into {}", dest.display())))
+    }
+}
+
 /// Whether `path` is the top of a git repository (a work tree or a bare one).
 pub fn is_repository(path: &Path) -> bool {
     Repository::open(path).is_ok_and(|r| r.workdir().is_none_or(|w| same_dir(w, path)))
@@ -239,6 +254,13 @@ fn same_dir(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// The URL of the `origin` remote of a local repository, if it has one.
+pub fn origin_url(path: &Path) -> Option<String> {
+    let repo = Repository::open(path).ok()?;
+    let remote = repo.find_remote("origin").ok()?;
+    remote.url().ok().map(str::to_string)
 }
 
 /// The branch HEAD of a local repository points at.

@@ -175,6 +175,7 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
 
     let first = world.run(&args, &[]).await;
     assert_exit(&first, 0);
+    println!("{}", text(&first.stdout));
     assert!(text(&first.stdout).contains("opened pull request"), "{}", text(&first.stdout));
 
     let pulls = world.gh.pulls(TARGET);
@@ -320,6 +321,16 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
         .unwrap();
     assert!(text(&branches.stdout).contains("agent/"), "the result branch is in the local repo");
     assert_eq!(branch_names(&world.target_bare), ["main"], "nothing was pushed to the remote without --push");
+
+    let pushed = world
+        .run(
+            &["solve", "--repo", work.to_str().unwrap(), "--instruction", "Fix add().", "--llm", &replay("fix"), "--push"],
+            &[],
+        )
+        .await;
+    assert_exit(&pushed, 0);
+    let remote_branches = branch_names(&world.target_bare);
+    assert!(remote_branches.iter().any(|b| b.starts_with("agent/")), "--push pushes to origin: {remote_branches:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,18 @@ pub(crate) fn apply_hunks(
 ) -> Result<Patched, String> {
     let hay = Haystack::new(doc);
     let total = hunks.len();
+    if format == Format::UnifiedDiff
+        && let Some(at) = post_image_present(&hay, hunks)
+    {
+        return Err(format!(
+            "this diff looks already applied: {path} already has the new text of every hunk \
+             at the lines the headers name (new side starting at {}). Leave it out.",
+            at.iter()
+                .map(|l| format!("line {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for (i, h) in hunks.iter().enumerate() {
@@ -147,6 +159,29 @@ pub(crate) fn apply_hunks(
         level,
         message,
     })
+}
+
+/// GNU patch's "previously applied" check: every hunk's new text already
+/// sits exactly where its header's new-side line number says. Line numbers
+/// are used only to refuse, never to pick a match.
+fn post_image_present(hay: &Haystack<'_>, hunks: &[Hunk]) -> Option<Vec<usize>> {
+    let file = &hay.doc.lines;
+    let mut at = Vec::new();
+    for h in hunks {
+        let start = h.new_start?;
+        let new = h.new_lines();
+        if new.is_empty() {
+            continue;
+        }
+        let s = start.checked_sub(1)?;
+        let region = file.get(s..s + new.len())?;
+        // Exact text; only a `\r` difference (CRLF file, LF diff) is ignored.
+        if !region.iter().zip(&new).all(|(f, n)| f.text == strip_cr(n)) {
+            return None;
+        }
+        at.push(start);
+    }
+    (!at.is_empty()).then_some(at)
 }
 
 fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Plan, HunkErr> {

@@ -42,6 +42,7 @@ pub struct Sandbox {
     pub(crate) id: String,
     pub(crate) limits: super::Limits,
     pub(crate) exec_counter: AtomicU64,
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) oom_kills_seen: Mutex<u64>,
     removed: bool,
 }
@@ -93,10 +94,16 @@ fn unique_suffix() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     h.update(now.to_le_bytes());
-    h.finalize()[..4].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-pub(crate) fn container_config(spec: &SandboxSpec, image: &str) -> Result<ContainerCreateBody, SandboxError> {
+pub(crate) fn container_config(
+    spec: &SandboxSpec,
+    image: &str,
+) -> Result<ContainerCreateBody, SandboxError> {
     let l = &spec.limits;
     check_size("workspace_size", &l.workspace_size)?;
     check_size("tmp_size", &l.tmp_size)?;
@@ -107,7 +114,9 @@ pub(crate) fn container_config(spec: &SandboxSpec, image: &str) -> Result<Contai
         ("nofile", l.nofile),
     ] {
         if v <= 0 {
-            return Err(SandboxError::InvalidLimit(format!("{what} must be positive, got {v}")));
+            return Err(SandboxError::InvalidLimit(format!(
+                "{what} must be positive, got {v}"
+            )));
         }
     }
     let labels = HashMap::from([
@@ -183,15 +192,18 @@ pub(crate) fn container_config(spec: &SandboxSpec, image: &str) -> Result<Contai
 impl Sandbox {
     /// Creates and starts the container of `spec` and copies `worktree` into `/workspace`
     /// (without `.git`; symlinks as symlinks; files owned by the sandbox user).
-    pub async fn start(docker: &Docker, spec: &SandboxSpec, worktree: &Path) -> Result<Sandbox, SandboxError> {
+    pub async fn start(
+        docker: &Docker,
+        spec: &SandboxSpec,
+        worktree: &Path,
+    ) -> Result<Sandbox, SandboxError> {
         let image = match &spec.image {
             Some(image) => image.clone(),
-            None => {
-                super::ensure_default_image(docker, &mut |line: &str| {
-                    tracing::info!(target: "agent_runner::sandbox::image", "{line}")
-                })
-                .await?
-            }
+            None => super::ensure_default_image(
+                docker,
+                &mut |line: &str| tracing::info!(target: "agent_runner::sandbox::image", "{line}"),
+            )
+            .await?,
         };
         let config = container_config(spec, &image)?;
         let name = format!(
@@ -211,6 +223,7 @@ impl Sandbox {
             id: created.id,
             limits: spec.limits.clone(),
             exec_counter: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             oom_kills_seen: Mutex::new(0),
             removed: false,
         };
@@ -348,7 +361,11 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError>
 
 /// Removes every container labelled with `runner_id` whose task id is not in
 /// `live_task_ids` (with its anonymous volumes); returns how many were removed.
-pub async fn remove_stale(docker: &Docker, runner_id: &str, live_task_ids: &[String]) -> Result<usize, SandboxError> {
+pub async fn remove_stale(
+    docker: &Docker,
+    runner_id: &str,
+    live_task_ids: &[String],
+) -> Result<usize, SandboxError> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![format!("{LABEL_RUNNER_ID}={runner_id}")],
@@ -398,7 +415,10 @@ mod tests {
         assert_eq!(c.network_disabled, Some(true));
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+        assert_eq!(
+            h.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
         assert_eq!(h.memory, h.memory_swap);
         assert_eq!(h.pids_limit, Some(256));
         assert_eq!(h.init, Some(true));
@@ -414,10 +434,12 @@ mod tests {
 
     #[test]
     fn sizes_cannot_inject_mount_options() {
-        let mut spec = SandboxSpec::default();
-        spec.limits = Limits {
-            workspace_size: "1g,exec".into(),
-            ..Limits::default()
+        let mut spec = SandboxSpec {
+            limits: Limits {
+                workspace_size: "1g,exec".into(),
+                ..Limits::default()
+            },
+            ..SandboxSpec::default()
         };
         assert!(container_config(&spec, "img").is_err());
         spec.limits.workspace_size = "100m".into();

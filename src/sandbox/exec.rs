@@ -8,6 +8,7 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::KillContainerOptionsBuilder;
 use futures_util::{Stream, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::SandboxError;
 use super::container::Sandbox;
@@ -19,7 +20,7 @@ pub(crate) const EXEC_USER: &str = "10001:10001";
 /// to close before it kills the process tree itself.
 const HOST_GRACE: Duration = Duration::from_secs(3);
 
-/// `$1` = pgid file, `$2` = seconds, `$3` = the command. `timeout` puts itself and the
+/// `$1` = pgid file, `$2` = seconds, `$3` = the command. (dash's `kill` takes no `--`.) `timeout` puts itself and the
 /// command into a new process group (pgid = its pid) and at the deadline SIGKILLs the whole
 /// group. When the command ends earlier, whatever it left running in that group is killed
 /// too (`kill` and `wait` are shell builtins: this works even when a fork bomb has used up
@@ -27,7 +28,8 @@ const HOST_GRACE: Duration = Duration::from_secs(3);
 const WRAPPER: &str = r#"timeout -s KILL "$2" sh -c "$3" </dev/null 2>&1 & p=$!
 echo "$p" > "$1" 2>/dev/null
 wait "$p"; rc=$?
-kill -9 -- "-$p" 2>/dev/null
+kill -9 "-$p" 2>/dev/null
+rm -f "$1" 2>/dev/null
 exit "$rc""#;
 
 /// What one command did.
@@ -46,6 +48,8 @@ pub struct ExecOutcome {
     pub truncated_bytes: u64,
     /// Wall-clock time from start to end of the command.
     pub duration: Duration,
+    /// The time limit the command ran under.
+    pub timeout: Duration,
     /// The processes could not be killed from inside, so the whole container was killed;
     /// the sandbox is unusable afterwards.
     pub container_killed: bool,
@@ -58,14 +62,15 @@ impl ExecOutcome {
     }
 
     /// One line for humans and the model, e.g. `exit 1 in 2.3s`,
-    /// `timed out after 600.0s (process tree killed)`, `killed: out of memory`.
+    /// `timed out after 600s (process tree killed)`, `killed: out of memory after 3.1s`.
     pub fn summary(&self) -> String {
         let secs = self.duration.as_secs_f64();
+        let limit = format_limit(self.timeout);
         let mut s = if self.timed_out {
             if self.container_killed {
-                format!("timed out after {secs:.1}s (container killed)")
+                format!("timed out after {limit} (container killed)")
             } else {
-                format!("timed out after {secs:.1}s (process tree killed)")
+                format!("timed out after {limit} (process tree killed)")
             }
         } else if self.oom_killed {
             format!("killed: out of memory after {secs:.1}s")
@@ -96,6 +101,16 @@ impl ExecOutcome {
             }
         }
         self.output[start..].to_string()
+    }
+}
+
+/// `600s`, `2.5s`.
+fn format_limit(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs.fract() == 0.0 {
+        format!("{secs:.0}s")
+    } else {
+        format!("{secs:.1}s")
     }
 }
 
@@ -160,6 +175,15 @@ impl OutputCapture {
     }
 }
 
+/// Counts a running exec of a sandbox until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn drain<S>(output: &mut S, capture: &mut OutputCapture) -> Result<(), bollard::errors::Error>
 where
     S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
@@ -201,9 +225,9 @@ impl Sandbox {
         command: &str,
         timeout: Duration,
     ) -> Result<ExecOutcome, SandboxError> {
-        let n = self
-            .exec_counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.in_flight);
         let pgid_file = format!("/tmp/.agent-runner-exec-{n}.pgid");
         let secs = format!("{:.3}", timeout.as_secs_f64().max(0.001));
         let cmd = vec![
@@ -241,7 +265,9 @@ impl Sandbox {
             )
             .await?;
         let StartExecResults::Attached { mut output, .. } = start else {
-            return Err(SandboxError::Exec("Docker started the exec detached".into()));
+            return Err(SandboxError::Exec(
+                "Docker started the exec detached".into(),
+            ));
         };
         let mut capture = OutputCapture::new(self.limits.output_cap_bytes);
         let mut timed_out = false;
@@ -253,7 +279,7 @@ impl Sandbox {
                 Err(_) => {
                     timed_out = true;
                     tracing::warn!(container = %self.id, "command outlived its timeout; killing its process group");
-                    let group = format!("kill -9 -- -\"$(cat {pgid_file})\"");
+                    let group = format!("kill -9 -\"$(cat {pgid_file})\"");
                     let _ = self.run_internal(&["sh", "-c", &group], EXEC_USER).await;
                     if tokio::time::timeout(Duration::from_secs(1), &mut reading)
                         .await
@@ -271,7 +297,11 @@ impl Sandbox {
                                 .docker
                                 .kill_container(
                                     &self.id,
-                                    Some(KillContainerOptionsBuilder::default().signal("SIGKILL").build()),
+                                    Some(
+                                        KillContainerOptionsBuilder::default()
+                                            .signal("SIGKILL")
+                                            .build(),
+                                    ),
                                 )
                                 .await;
                             container_killed = true;
@@ -296,13 +326,10 @@ impl Sandbox {
         }
 
         let killed = exit_code == Some(137) || timed_out;
-        let oom_killed = killed && self.oom_happened().await;
+        let oom_killed = killed && !container_killed && self.after_kill().await;
         if !timed_out && exit_code == Some(137) && !oom_killed {
-            // `timeout -s KILL` kills its own group, itself included: exit 137 at the deadline.
+            // `timeout -s KILL` dies of its own SIGKILL at the deadline: exit 137.
             timed_out = duration + Duration::from_millis(50) >= timeout;
-        }
-        if !container_killed {
-            let _ = self.run_internal(&["rm", "-f", &pgid_file], EXEC_USER).await;
         }
         let (output, truncated_bytes) = capture.finish();
         Ok(ExecOutcome {
@@ -312,15 +339,25 @@ impl Sandbox {
             oom_killed,
             truncated_bytes,
             duration,
+            timeout,
             container_killed,
         })
     }
 
-    /// Whether the OOM killer struck since the last check (cgroup counter), or the
-    /// container itself was OOM-killed.
-    async fn oom_happened(&self) -> bool {
-        let read = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
-        if let Ok((_, text)) = self.run_internal(&["sh", "-c", read], EXEC_USER).await
+    /// After a SIGKILL (timeout or OOM): reads the cgroup's OOM-kill counter and, unless
+    /// another command is running, kills every leftover process of the sandbox user (e.g.
+    /// one that escaped the process group with `setsid`). PID 1 runs as another uid and
+    /// survives. Returns whether the OOM killer struck since the last check.
+    async fn after_kill(&self) -> bool {
+        let sweep = if self.in_flight.load(Ordering::SeqCst) <= 1 {
+            "; kill -9 -1 2>/dev/null"
+        } else {
+            ""
+        };
+        let script = format!(
+            "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null{sweep}; true"
+        );
+        if let Ok((_, text)) = self.run_internal(&["sh", "-c", &script], EXEC_USER).await
             && let Some(count) = parse_oom_kills(&text)
         {
             let mut seen = self
@@ -334,10 +371,7 @@ impl Sandbox {
             }
         }
         match self.docker.inspect_container(&self.id, None).await {
-            Ok(info) => info
-                .state
-                .and_then(|s| s.oom_killed)
-                .unwrap_or(false),
+            Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
             Err(_) => false,
         }
     }
@@ -398,6 +432,7 @@ mod tests {
             oom_killed: false,
             truncated_bytes: 0,
             duration: Duration::from_millis(2300),
+            timeout: Duration::from_secs(600),
             container_killed: false,
         }
     }
@@ -445,8 +480,11 @@ mod tests {
         assert!(!outcome(Some(1), "").passed());
         let mut t = outcome(Some(137), "");
         t.timed_out = true;
-        t.duration = Duration::from_secs(600);
-        assert_eq!(t.summary(), "timed out after 600.0s (process tree killed)");
+        t.duration = Duration::from_secs(601);
+        assert_eq!(t.summary(), "timed out after 600s (process tree killed)");
+        t.timeout = Duration::from_millis(2500);
+        t.container_killed = true;
+        assert_eq!(t.summary(), "timed out after 2.5s (container killed)");
         assert!(!t.passed());
         let mut o = outcome(Some(137), "");
         o.oom_killed = true;
@@ -472,7 +510,10 @@ mod tests {
             parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
             Some(3)
         );
-        assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n"), Some(2));
+        assert_eq!(
+            parse_oom_kills("low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n"),
+            Some(2)
+        );
         assert_eq!(parse_oom_kills(""), None);
     }
 }

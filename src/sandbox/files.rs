@@ -124,7 +124,11 @@ pub(crate) fn sync_action(root: &Path, rel: &Path) -> SyncAction {
 
 /// Writes a tar of `paths` (relative to `root`, normalised, no symlinked ancestors) to
 /// `out`, with directory entries for their ancestors. An empty `paths` = the whole tree.
-pub(crate) fn write_tar<W: Write>(root: &Path, paths: &[PathBuf], out: W) -> Result<W, SandboxError> {
+pub(crate) fn write_tar<W: Write>(
+    root: &Path,
+    paths: &[PathBuf],
+    out: W,
+) -> Result<W, SandboxError> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     builder.follow_symlinks(false);
@@ -134,7 +138,10 @@ pub(crate) fn write_tar<W: Write>(root: &Path, paths: &[PathBuf], out: W) -> Res
         let mut dirs_done = std::collections::HashSet::new();
         for rel in paths {
             let mut ancestor = PathBuf::new();
-            let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
+            let parents: Vec<_> = rel
+                .parent()
+                .map(|p| p.components().collect())
+                .unwrap_or_default();
             for c in parents {
                 ancestor.push(c);
                 if dirs_done.insert(ancestor.clone()) {
@@ -155,7 +162,11 @@ pub(crate) fn write_tar<W: Write>(root: &Path, paths: &[PathBuf], out: W) -> Res
 }
 
 /// Appends `rel` and, if it is a real directory, everything below it.
-fn append_tree<W: Write>(builder: &mut tar::Builder<W>, root: &Path, rel: &Path) -> Result<(), SandboxError> {
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+) -> Result<(), SandboxError> {
     if is_git(rel) {
         return Ok(());
     }
@@ -172,7 +183,11 @@ fn append_tree<W: Write>(builder: &mut tar::Builder<W>, root: &Path, rel: &Path)
     Ok(())
 }
 
-fn append_children<W: Write>(builder: &mut tar::Builder<W>, root: &Path, rel: &Path) -> Result<(), SandboxError> {
+fn append_children<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+) -> Result<(), SandboxError> {
     let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
@@ -257,7 +272,9 @@ mod tests {
                 .flatten()
                 .map(|l| l.display().to_string());
             out.push((
-                e.path().map(|p| p.display().to_string()).unwrap_or_default(),
+                e.path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 h.entry_type(),
                 h.uid().unwrap_or(0),
                 link,
@@ -308,7 +325,10 @@ mod tests {
             sync_action(root, Path::new("d/f/below-a-file")),
             SyncAction::Delete("d/f/below-a-file".into())
         );
-        assert_eq!(sync_action(root, Path::new(".git/config")), SyncAction::Skip);
+        assert_eq!(
+            sync_action(root, Path::new(".git/config")),
+            SyncAction::Skip
+        );
         let bytes = write_tar(root, &["d/f".into(), "etc-link".into()], Vec::new())?;
         let names: Vec<_> = entries(&bytes).into_iter().map(|e| e.0).collect();
         assert_eq!(names, vec!["d", "d/f", "etc-link"]);

@@ -177,10 +177,16 @@ async fn build_base(
         }
     }
     if std::env::var_os("PATH").is_none() {
-        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
-    cmd.env("LANG", "C.UTF-8").env("DEBIAN_FRONTEND", "noninteractive");
-    progress("building the Debian rootfs with debootstrap (needs root and a Debian mirror; a few minutes)");
+    cmd.env("LANG", "C.UTF-8")
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    progress(
+        "building the Debian rootfs with debootstrap (needs root and a Debian mirror; a few minutes)",
+    );
     let (status, last_lines) = run_with_progress(cmd, progress).await?;
     if !status.success() {
         return Err(SandboxError::ImageBuild(format!(
@@ -276,7 +282,9 @@ async fn build_final(
     tag: &str,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), SandboxError> {
-    progress(&format!("building {tag} from {base} with sandbox/Dockerfile"));
+    progress(&format!(
+        "building {tag} from {base} with sandbox/Dockerfile"
+    ));
     let context = dockerfile_context()?;
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
@@ -351,7 +359,9 @@ async fn run_with_progress(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| SandboxError::ImageBuild(format!("cannot run the rootfs build script: {e}")))?;
+        .map_err(|e| {
+            SandboxError::ImageBuild(format!("cannot run the rootfs build script: {e}"))
+        })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if let Some(out) = child.stdout.take() {
         tokio::spawn(forward_lines(out, tx.clone()));

@@ -100,7 +100,9 @@ pub enum SandboxError {
     },
     #[error("invalid sandbox limit: {0}")]
     InvalidLimit(String),
-    #[error("command could not be run in the sandbox: {0}. The container may be gone; start a new sandbox.")]
+    #[error(
+        "command could not be run in the sandbox: {0}. The container may be gone; start a new sandbox."
+    )]
     Exec(String),
 }
 
@@ -127,10 +129,12 @@ pub async fn connect_to(at: &str) -> Result<bollard::Docker, SandboxError> {
         Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
         Err(_) => return Err(unreachable("no answer to ping within 15 s".to_string())),
     }
-    docker
-        .negotiate_version()
-        .await
-        .map_err(|e| unreachable(format!("API version negotiation failed: {}", error_chain(&e))))
+    docker.negotiate_version().await.map_err(|e| {
+        unreachable(format!(
+            "API version negotiation failed: {}",
+            error_chain(&e)
+        ))
+    })
 }
 
 /// `e` followed by its sources (hyper's errors hide the useful part in the chain).
@@ -181,7 +185,10 @@ mod tests {
         // A port nobody listens on.
         let err = connect_to("tcp://127.0.0.1:9").await.err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.starts_with("Docker is unreachable at tcp://127.0.0.1:9: "), "{msg}");
+        assert!(
+            msg.starts_with("Docker is unreachable at tcp://127.0.0.1:9: "),
+            "{msg}"
+        );
     }
 
     #[test]
