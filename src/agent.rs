@@ -90,7 +90,10 @@ pub enum AgentError {
     #[error("the edit engine failed on the work tree: {0}")]
     Edit(#[from] edit::EditError),
     #[error("cannot write the transcript {path}: {source}")]
-    Transcript { path: PathBuf, source: std::io::Error },
+    Transcript {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct AgentRun<'a> {
@@ -143,7 +146,8 @@ impl AgentRun<'_> {
             outcome.iterations += 1;
             transcript.event("prompt", &messages.last())?;
             let asked = Instant::now();
-            let reply = match tokio::time::timeout(remaining, self.model.complete(&messages)).await {
+            let reply = match tokio::time::timeout(remaining, self.model.complete(&messages)).await
+            {
                 Err(_) => {
                     outcome.stop = StopReason::Timeout;
                     break;
@@ -171,7 +175,10 @@ impl AgentRun<'_> {
             if !report.applied {
                 outcome.edits_rejected += 1;
                 tracing::info!(iteration = outcome.iterations, "edits rejected");
-                messages.push(Message::user(render(EDIT_REJECTED_PROMPT, &[("feedback", &report.feedback())])));
+                messages.push(Message::user(render(
+                    EDIT_REJECTED_PROMPT,
+                    &[("feedback", &report.feedback())],
+                )));
                 continue;
             }
             outcome.edits_applied += 1;
@@ -277,7 +284,11 @@ fn cap_text(text: &str, max_bytes: usize) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}\n[... {} more bytes not shown]", &text[..end], text.len() - end)
+    format!(
+        "{}\n[... {} more bytes not shown]",
+        &text[..end],
+        text.len() - end
+    )
 }
 
 fn task_prompt(
@@ -289,7 +300,10 @@ fn task_prompt(
     max_context_bytes: usize,
 ) -> String {
     let files = repo_files(worktree);
-    let map: String = files.iter().map(|f| format!("{} ({})\n", f.path, f.size)).collect();
+    let map: String = files
+        .iter()
+        .map(|f| format!("{} ({})\n", f.path, f.size))
+        .collect();
     let inlined = pack_files(worktree, &files, instruction, max_context_bytes);
     let context = target_context
         .map(|c| format!("\n## Context from the target issue\n\n{c}\n"))
@@ -325,7 +339,9 @@ fn repo_files(root: &Path) -> Vec<RepoFile> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if entry.file_name() == ".git" {
                 continue;
             }
@@ -350,7 +366,10 @@ fn repo_files(root: &Path) -> Vec<RepoFile> {
 fn pack_files(root: &Path, files: &[RepoFile], instruction: &str, max_bytes: usize) -> String {
     let mut order: Vec<&RepoFile> = files.iter().collect();
     order.sort_by_key(|f| {
-        let name = Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = Path::new(&f.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         (!instruction.contains(&name), f.size)
     });
     let mut out = String::new();
@@ -390,13 +409,20 @@ mod tests {
 
     #[test]
     fn render_fills_every_placeholder() {
-        assert_eq!(render("a {{x}} b {{y}} {{x}}", &[("x", "1"), ("y", "2")]), "a 1 b 2 1");
+        assert_eq!(
+            render("a {{x}} b {{y}} {{x}}", &[("x", "1"), ("y", "2")]),
+            "a 1 b 2 1"
+        );
     }
 
     #[test]
     fn packing_prefers_named_files_and_reports_what_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
+        std::fs::write(
+            dir.path().join("calc.py"),
+            "def add(a, b):\n    return a - b\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("big.txt"), "x".repeat(500)).unwrap();
         std::fs::write(dir.path().join("bin.dat"), [0u8, 1, 2]).unwrap();
         std::fs::create_dir(dir.path().join(".git")).unwrap();
@@ -407,8 +433,16 @@ mod tests {
         assert_eq!(names, ["big.txt", "bin.dat", "calc.py"]);
         let packed = pack_files(dir.path(), &files, "fix calc.py", 100);
         assert!(packed.starts_with("calc.py\n```\ndef add"), "{packed}");
-        assert!(packed.contains("Not shown (too large, binary, or over the context budget): bin.dat, big.txt"), "{packed}");
-        assert!(!packed.contains("root:"), "symlinked host files never reach the prompt");
+        assert!(
+            packed.contains(
+                "Not shown (too large, binary, or over the context budget): bin.dat, big.txt"
+            ),
+            "{packed}"
+        );
+        assert!(
+            !packed.contains("root:"),
+            "symlinked host files never reach the prompt"
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ use crate::config::Config;
 use crate::runner::{self, RunError, SolveRequest};
 
 #[derive(Debug, Parser)]
-#[command(name = "agent-runner", version, about = "Turns a coding task into a tested pull request, with the model's edits confined to a locked-down Docker sandbox.")]
+#[command(
+    name = "agent-runner",
+    version,
+    about = "Turns a coding task into a tested pull request, with the model's edits confined to a locked-down Docker sandbox."
+)]
 pub struct Cli {
     /// Config file (default: ./agent-runner.toml if present; env AGENT_RUNNER_CONFIG).
     #[arg(long, global = true)]
@@ -143,7 +147,9 @@ impl Failure {
 impl From<RunError> for Failure {
     fn from(e: RunError) -> Failure {
         match e {
-            RunError::Config(_) | RunError::Llm(crate::llm::LlmError::Config(_)) => Failure::usage(e),
+            RunError::Config(_) | RunError::Llm(crate::llm::LlmError::Config(_)) => {
+                Failure::usage(e)
+            }
             other => Failure::task(other),
         }
     }
@@ -181,15 +187,17 @@ fn report(failure: Failure, redactor: Option<&crate::config::Redactor>) -> ExitC
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
-    let mut config =
-        Config::load(cli.config.as_deref(), &|name| std::env::var(name).ok()).map_err(Failure::usage)?;
+    let mut config = Config::load(cli.config.as_deref(), &|name| std::env::var(name).ok())
+        .map_err(Failure::usage)?;
     if let Some(level) = &cli.log_level {
         config.log_level = level.clone();
     }
     if let Some(dir) = &cli.state_dir {
         config.state_dir = dir.clone();
     }
-    if let Command::Solve(SolveArgs { model, .. }) | Command::RunIssue(RunIssueArgs { model, .. }) = &cli.command {
+    if let Command::Solve(SolveArgs { model, .. }) | Command::RunIssue(RunIssueArgs { model, .. }) =
+        &cli.command
+    {
         apply_model_args(&mut config, model)?;
     }
     config.validate().map_err(Failure::usage)?;
@@ -247,7 +255,11 @@ async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
         max_wall: std::time::Duration::from_secs(config.agent.max_wall_secs),
         max_context_bytes: config.agent.max_context_bytes,
     };
-    let verdict = if outcome.succeeded() { "SOLVED" } else { "NOT SOLVED" };
+    let verdict = if outcome.succeeded() {
+        "SOLVED"
+    } else {
+        "NOT SOLVED"
+    };
     println!("{verdict}: {}", outcome.stop.describe(&budget));
     println!("  model:       {}", report.model);
     println!("  tests before: {}", outcome.baseline.summary());
@@ -264,18 +276,30 @@ async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
     if report.diff.is_empty() {
         println!("  result:      no change was made");
     } else {
-        println!("  result:      branch {} in {}", report.branch, report.workdir.display());
+        println!(
+            "  result:      branch {} in {}",
+            report.branch,
+            report.workdir.display()
+        );
         if let Some(place) = &report.branch_in {
             println!("               and in {place}");
         }
     }
     println!("  transcript:  {}", report.transcript.display());
-    Ok(if outcome.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if outcome.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failure> {
     let report = runner::run_issue(&config, args.issue).await?;
-    let verb = if report.pr_created { "opened" } else { "updated" };
+    let verb = if report.pr_created {
+        "opened"
+    } else {
+        "updated"
+    };
     println!(
         "issue #{} (task {}): {verb} pull request {}",
         report.task.issue_number, report.task.task_id, report.pr_url
@@ -290,7 +314,13 @@ async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failu
     Ok(ExitCode::SUCCESS)
 }
 
-fn patch_apply(dir: PathBuf, patch: &str, dry_run: bool, json: bool, allow_workflows: bool) -> Result<ExitCode, Failure> {
+fn patch_apply(
+    dir: PathBuf,
+    patch: &str,
+    dry_run: bool,
+    json: bool,
+    allow_workflows: bool,
+) -> Result<ExitCode, Failure> {
     let text = if patch == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -298,10 +328,14 @@ fn patch_apply(dir: PathBuf, patch: &str, dry_run: bool, json: bool, allow_workf
             .map_err(|e| Failure::usage(format!("cannot read the patch from stdin: {e}")))?;
         text
     } else {
-        std::fs::read_to_string(patch).map_err(|e| Failure::usage(format!("cannot read the patch {patch}: {e}")))?
+        std::fs::read_to_string(patch)
+            .map_err(|e| Failure::usage(format!("cannot read the patch {patch}: {e}")))?
     };
     if !dir.is_dir() {
-        return Err(Failure::usage(format!("--dir {} is not a directory", dir.display())));
+        return Err(Failure::usage(format!(
+            "--dir {} is not a directory",
+            dir.display()
+        )));
     }
     let policy = crate::edit::PathPolicy {
         protect_workflows: !allow_workflows,

@@ -33,11 +33,18 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{name}={value:?} is not valid: {why}")]
-    Invalid { name: &'static str, value: String, why: String },
+    Invalid {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
     #[error("{0}")]
     Missing(String),
 }
@@ -199,13 +206,18 @@ pub const DEFAULT_CONFIG_FILE: &str = "agent-runner.toml";
 
 impl Config {
     /// Reads the file (if any) and then the environment, as seen through `env`.
-    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let named = file
             .map(Path::to_path_buf)
             .or_else(|| env("AGENT_RUNNER_CONFIG").map(PathBuf::from));
         let mut config = match named {
             Some(path) => Config::from_file(&path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
             None => Config::default(),
         };
         config.apply_env(env)?;
@@ -380,7 +392,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -405,7 +420,10 @@ mod tests {
         assert_eq!(config.llm.model, "qwen");
         assert_eq!(config.poll_interval_seconds, 5);
         assert_eq!(config.github_token().unwrap().expose(), "ghp_secretvalue");
-        assert_eq!(config.target("acme/w").test_cmd.as_deref(), Some("make test"));
+        assert_eq!(
+            config.target("acme/w").test_cmd.as_deref(),
+            Some("make test")
+        );
         config.validate().unwrap();
     }
 
@@ -427,23 +445,40 @@ mod tests {
         let err = Config::load(None, &env_of(&[("POLL_INTERVAL_SECONDS", "soon")])).unwrap_err();
         assert!(err.to_string().contains("POLL_INTERVAL_SECONDS"));
         let config = Config::load(None, &env_of(&[("DISPATCH_REPO", "nope")])).unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("DISPATCH_REPO"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("DISPATCH_REPO")
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "unknown_key = 1\n").unwrap();
-        assert!(Config::from_file(&file).unwrap_err().to_string().contains("unknown_key"));
+        assert!(
+            Config::from_file(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown_key")
+        );
     }
 
     #[test]
     fn secrets_never_print() {
         let config = Config::load(
             None,
-            &env_of(&[("GITHUB_TOKEN", "ghp_abcdef123456"), ("LLM_API_KEY", "sk-live-987654")]),
+            &env_of(&[
+                ("GITHUB_TOKEN", "ghp_abcdef123456"),
+                ("LLM_API_KEY", "sk-live-987654"),
+            ]),
         )
         .unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("ghp_abcdef123456") && !debug.contains("sk-live-987654"));
         let r = config.redactor();
-        assert_eq!(r.redact("token ghp_abcdef123456 and sk-live-987654"), "token *** and ***");
+        assert_eq!(
+            r.redact("token ghp_abcdef123456 and sk-live-987654"),
+            "token *** and ***"
+        );
     }
 }

@@ -142,7 +142,10 @@ static HTML_COMMENT: LazyLock<Regex> = LazyLock::new(|| regex(r"(?s)<!--.*?(-->|
 
 /// Turns a dispatch issue into a task, following the protocol's parsing rules (spec §3).
 /// `default_target` is used when the issue names no repository.
-pub fn parse_issue(issue: &IssueInput, default_target: Option<&RepoName>) -> Result<Task, Rejection> {
+pub fn parse_issue(
+    issue: &IssueInput,
+    default_target: Option<&RepoName>,
+) -> Result<Task, Rejection> {
     if issue.is_pull_request {
         return Err(Rejection::new(
             RejectReason::NotATask,
@@ -177,7 +180,11 @@ fn task_id(body: &str) -> Result<String, Rejection> {
     let from_metadata = METADATA
         .captures_iter(body)
         .filter_map(|c| serde_json::from_str::<serde_json::Value>(&c[1]).ok())
-        .filter_map(|v| v.get("task_id").and_then(|t| t.as_str()).map(str::to_string))
+        .filter_map(|v| {
+            v.get("task_id")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        })
         .last();
     let from_line = TASK_ID_LINE
         .captures_iter(body)
@@ -242,7 +249,10 @@ fn instruction(body: &str, title: &str) -> Result<String, Rejection> {
     Ok(text)
 }
 
-fn target(body: &str, default: Option<&RepoName>) -> Result<(RepoName, Option<TargetRef>), Rejection> {
+fn target(
+    body: &str,
+    default: Option<&RepoName>,
+) -> Result<(RepoName, Option<TargetRef>), Rejection> {
     if let Some(caps) = TARGET_LINE.captures_iter(body).next() {
         let kind = match caps[1].to_ascii_lowercase().as_str() {
             "issue" => TargetKind::Issue,
@@ -250,7 +260,10 @@ fn target(body: &str, default: Option<&RepoName>) -> Result<(RepoName, Option<Ta
             other => {
                 return Err(Rejection::new(
                     RejectReason::InvalidTarget,
-                    format!("the target type `{}` is neither `issue` nor `pr`.", printable(other, 40)),
+                    format!(
+                        "the target type `{}` is neither `issue` nor `pr`.",
+                        printable(other, 40)
+                    ),
                 ));
             }
         };
@@ -268,7 +281,9 @@ fn target(body: &str, default: Option<&RepoName>) -> Result<(RepoName, Option<Ta
         let number: u64 = number_part.parse().map_err(|_| invalid())?;
         let target_ref = Some(TargetRef { kind, number });
         if repo_part.is_empty() {
-            let repo = default.cloned().ok_or_else(|| missing_target(Some(reference)))?;
+            let repo = default
+                .cloned()
+                .ok_or_else(|| missing_target(Some(reference)))?;
             return Ok((repo, target_ref));
         }
         let repo = RepoName::parse(repo_part).ok_or_else(invalid)?;
@@ -278,12 +293,18 @@ fn target(body: &str, default: Option<&RepoName>) -> Result<(RepoName, Option<Ta
         let repo = RepoName::parse(&caps[1]).ok_or_else(|| {
             Rejection::new(
                 RejectReason::InvalidTarget,
-                format!("the target repository `{}` is not of the form `owner/repo`.", printable(&caps[1], 120)),
+                format!(
+                    "the target repository `{}` is not of the form `owner/repo`.",
+                    printable(&caps[1], 120)
+                ),
             )
         })?;
         return Ok((repo, None));
     }
-    default.cloned().map(|r| (r, None)).ok_or_else(|| missing_target(None))
+    default
+        .cloned()
+        .map(|r| (r, None))
+        .ok_or_else(|| missing_target(None))
 }
 
 fn missing_target(reference: Option<&str>) -> Rejection {
@@ -301,7 +322,11 @@ fn missing_target(reference: Option<&str>) -> Rejection {
 
 /// Shortens untrusted text for an error message and removes control characters.
 fn printable(text: &str, max_chars: usize) -> String {
-    let clean: String = text.chars().filter(|c| !c.is_control()).take(max_chars).collect();
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(max_chars)
+        .collect();
     if text.chars().count() > max_chars {
         format!("{clean}…")
     } else {
@@ -367,13 +392,24 @@ pub fn pr_body(task: &Task, dispatch_repo: &RepoName, report: &PrReport) -> Stri
 
 /// The pull request title (spec §5).
 pub fn pr_title(task: &Task) -> String {
-    let title: String = task.title.chars().filter(|c| !c.is_control()).take(200).collect();
+    let title: String = task
+        .title
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
     format!("Agent task: {title}")
 }
 
 fn quote_block(text: &str) -> String {
     text.lines()
-        .map(|l| if l.is_empty() { ">".to_string() } else { format!("> {l}") })
+        .map(|l| {
+            if l.is_empty() {
+                ">".to_string()
+            } else {
+                format!("> {l}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -384,7 +420,10 @@ pub fn utc_timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 pub fn started_comment(agent_name: &str, now: chrono::DateTime<chrono::Utc>) -> String {
-    format!("🤖 {agent_name} started processing this task at {}Z", utc_timestamp(now))
+    format!(
+        "🤖 {agent_name} started processing this task at {}Z",
+        utc_timestamp(now)
+    )
 }
 
 pub fn completed_comment(agent_name: &str, task: &Task, pr_url: &str) -> String {
@@ -476,7 +515,10 @@ mod tests {
 
     #[test]
     fn parses_the_backend_layout() {
-        let body = backend_body(Some(("issue", "acme/widgets#7")), "Fix add().\nIt subtracts.");
+        let body = backend_body(
+            Some(("issue", "acme/widgets#7")),
+            "Fix add().\nIt subtracts.",
+        );
         let task = parse_issue(&issue(&body), None).unwrap();
         assert_eq!(task.task_id, ID);
         assert_eq!(task.instruction, "Fix add().\nIt subtracts.");
@@ -505,7 +547,9 @@ mod tests {
     fn no_target_line_falls_back_to_default_or_rejects() {
         let body = backend_body(None, "Do it");
         assert_eq!(
-            parse_issue(&issue(&body), Some(&default_repo())).unwrap().target_repo,
+            parse_issue(&issue(&body), Some(&default_repo()))
+                .unwrap()
+                .target_repo,
             default_repo()
         );
         let err = parse_issue(&issue(&body), None).unwrap_err();
@@ -515,19 +559,37 @@ mod tests {
 
     #[test]
     fn tolerates_target_repository_line() {
-        let body = format!("Target Repository: acme/tools\n\n{}", backend_body(None, "x"));
-        assert_eq!(parse_issue(&issue(&body), None).unwrap().target_repo.to_string(), "acme/tools");
+        let body = format!(
+            "Target Repository: acme/tools\n\n{}",
+            backend_body(None, "x")
+        );
+        assert_eq!(
+            parse_issue(&issue(&body), None)
+                .unwrap()
+                .target_repo
+                .to_string(),
+            "acme/tools"
+        );
     }
 
     #[test]
     fn invalid_targets_are_rejected() {
-        for reference in ["acme/../etc#1", "acme/widgets", "acme widgets#1", "a/b#x", "-x/y#1"] {
+        for reference in [
+            "acme/../etc#1",
+            "acme/widgets",
+            "acme widgets#1",
+            "a/b#x",
+            "-x/y#1",
+        ] {
             let body = backend_body(Some(("issue", reference)), "x");
             let err = parse_issue(&issue(&body), None).unwrap_err();
             assert_eq!(err.reason, RejectReason::InvalidTarget, "{reference}");
         }
         let body = backend_body(Some(("commit", "acme/w#1")), "x");
-        assert_eq!(parse_issue(&issue(&body), None).unwrap_err().reason, RejectReason::InvalidTarget);
+        assert_eq!(
+            parse_issue(&issue(&body), None).unwrap_err().reason,
+            RejectReason::InvalidTarget
+        );
     }
 
     #[test]
@@ -561,7 +623,8 @@ mod tests {
 
     #[test]
     fn missing_and_invalid_task_ids() {
-        let err = parse_issue(&issue("## Instructions\n\nDo it"), Some(&default_repo())).unwrap_err();
+        let err =
+            parse_issue(&issue("## Instructions\n\nDo it"), Some(&default_repo())).unwrap_err();
         assert_eq!(err.reason, RejectReason::MissingTaskId);
         let body = "## Instructions\nx\n<!-- agent_task_metadata {\"task_id\": \"../../etc\"} -->";
         let err = parse_issue(&issue(body), Some(&default_repo())).unwrap_err();
@@ -580,9 +643,13 @@ mod tests {
 
     #[test]
     fn singular_heading_directly_followed_by_text() {
-        let body = format!("## Instruction\nFix it now\n---\n<!-- agent_task_metadata {{\"task_id\": \"{ID}\"}} -->");
+        let body = format!(
+            "## Instruction\nFix it now\n---\n<!-- agent_task_metadata {{\"task_id\": \"{ID}\"}} -->"
+        );
         assert_eq!(
-            parse_issue(&issue(&body), Some(&default_repo())).unwrap().instruction,
+            parse_issue(&issue(&body), Some(&default_repo()))
+                .unwrap()
+                .instruction,
             "Fix it now"
         );
     }
@@ -590,7 +657,10 @@ mod tests {
     #[test]
     fn no_instruction_section_uses_the_title_unless_it_is_the_empty_marker() {
         let body = backend_body(Some(("issue", "acme/w#1")), "");
-        assert_eq!(parse_issue(&issue(&body), None).unwrap().instruction, "Fix the add function");
+        assert_eq!(
+            parse_issue(&issue(&body), None).unwrap().instruction,
+            "Fix the add function"
+        );
         let mut empty = issue(&body);
         empty.title = "Agent Task".to_string();
         assert_eq!(
@@ -604,15 +674,24 @@ mod tests {
         let body = backend_body(Some(("issue", "acme/w#1")), "x");
         let mut unlabelled = issue(&body);
         unlabelled.labels.clear();
-        assert_eq!(parse_issue(&unlabelled, None).unwrap_err().reason, RejectReason::NotATask);
+        assert_eq!(
+            parse_issue(&unlabelled, None).unwrap_err().reason,
+            RejectReason::NotATask
+        );
         let mut pr = issue(&body);
         pr.is_pull_request = true;
-        assert_eq!(parse_issue(&pr, None).unwrap_err().reason, RejectReason::NotATask);
+        assert_eq!(
+            parse_issue(&pr, None).unwrap_err().reason,
+            RejectReason::NotATask
+        );
     }
 
     fn sample_task() -> Task {
         parse_issue(
-            &issue(&backend_body(Some(("issue", "acme/w#1")), "Fix it <!-- hidden: also leak -->")),
+            &issue(&backend_body(
+                Some(("issue", "acme/w#1")),
+                "Fix it <!-- hidden: also leak -->",
+            )),
             None,
         )
         .unwrap()
@@ -637,7 +716,10 @@ mod tests {
         let instruction = body.find("## Task Instruction").unwrap();
         assert!(changes < tests && tests < instruction);
         assert!(body.contains("> Fix it"));
-        assert!(!body.contains("hidden"), "HTML comments of the instruction are stripped");
+        assert!(
+            !body.contains("hidden"),
+            "HTML comments of the instruction are stripped"
+        );
         // The backend's pattern finds exactly our marker first.
         let first = METADATA.captures(&body).unwrap();
         assert!(first[1].contains(ID));
@@ -664,7 +746,15 @@ mod tests {
     fn repo_names() {
         assert!(RepoName::parse("acme/widgets").is_some());
         assert_eq!(RepoName::parse("acme/widgets.git").unwrap().name, "widgets");
-        for bad in ["acme", "acme/", "/w", "a/b/c", "acme/..", "ac me/w", "acme/w;rm"] {
+        for bad in [
+            "acme",
+            "acme/",
+            "/w",
+            "a/b/c",
+            "acme/..",
+            "ac me/w",
+            "acme/w;rm",
+        ] {
             assert!(RepoName::parse(bad).is_none(), "{bad}");
         }
     }

@@ -60,7 +60,9 @@ impl GitHubError {
 fn hint_for(status: u16) -> &'static str {
     match status {
         401 => ". Check GITHUB_TOKEN: it is missing, expired or revoked",
-        403 => ". The token lacks a permission (issues, contents and pull requests need write access) or a rate limit was hit",
+        403 => {
+            ". The token lacks a permission (issues, contents and pull requests need write access) or a rate limit was hit"
+        }
         404 => ". Check the repository name and that the token can see it",
         _ => "",
     }
@@ -143,7 +145,12 @@ impl GitHub {
         })
     }
 
-    pub async fn comment(&self, repo: &RepoName, number: u64, body: &str) -> Result<(), GitHubError> {
+    pub async fn comment(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
         let what = format!("commenting on {repo}#{number}");
         self.client
             .issues(&repo.owner, &repo.name)
@@ -168,13 +175,22 @@ impl GitHub {
             hint: "",
         };
         Ok(RepoInfo {
-            clone_url: info.clone_url.map(|u| u.to_string()).ok_or_else(|| missing("clone_url"))?,
-            default_branch: info.default_branch.ok_or_else(|| missing("default_branch"))?,
+            clone_url: info
+                .clone_url
+                .map(|u| u.to_string())
+                .ok_or_else(|| missing("clone_url"))?,
+            default_branch: info
+                .default_branch
+                .ok_or_else(|| missing("default_branch"))?,
         })
     }
 
     /// The open pull request whose head is `branch` of `repo`, if any.
-    pub async fn find_open_pr(&self, repo: &RepoName, branch: &str) -> Result<Option<PullRequestRef>, GitHubError> {
+    pub async fn find_open_pr(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Option<PullRequestRef>, GitHubError> {
         let what = format!("listing pull requests of {repo}");
         let page = self
             .client
@@ -212,7 +228,13 @@ impl GitHub {
             .map_err(|e| GitHubError::from_octocrab(&what, e))
     }
 
-    pub async fn update_pr(&self, repo: &RepoName, number: u64, title: &str, body: &str) -> Result<PullRequestRef, GitHubError> {
+    pub async fn update_pr(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequestRef, GitHubError> {
         let what = format!("updating pull request {repo}#{number}");
         self.client
             .pulls(&repo.owner, &repo.name)
@@ -237,13 +259,19 @@ impl GitHub {
         body: &str,
     ) -> Result<(PullRequestRef, bool), GitHubError> {
         if let Some(existing) = self.find_open_pr(repo, branch).await? {
-            return Ok((self.update_pr(repo, existing.number, title, body).await?, false));
+            return Ok((
+                self.update_pr(repo, existing.number, title, body).await?,
+                false,
+            ));
         }
         match self.create_pr(repo, title, branch, base, body).await {
             Ok(pr) => Ok((pr, true)),
             // Opened meanwhile (or by an earlier attempt whose answer was lost).
             Err(e) if e.status() == Some(422) => match self.find_open_pr(repo, branch).await? {
-                Some(existing) => Ok((self.update_pr(repo, existing.number, title, body).await?, false)),
+                Some(existing) => Ok((
+                    self.update_pr(repo, existing.number, title, body).await?,
+                    false,
+                )),
                 None => Err(e),
             },
             Err(e) => Err(e),

@@ -34,13 +34,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Message {
-        Message { role: Role::System, content: content.into() }
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Message {
-        Message { role: Role::User, content: content.into() }
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Message {
-        Message { role: Role::Assistant, content: content.into() }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -62,12 +71,21 @@ pub enum LlmError {
     Request { base_url: String, message: String },
     #[error("the model server at {base_url} did not answer within {secs} s")]
     Timeout { base_url: String, secs: u64 },
-    #[error("the replay transcript {path} has no reply left (it holds {count}); record a longer one or raise nothing else")]
+    #[error(
+        "the replay transcript {path} has no reply left (it holds {count}); record a longer one or raise nothing else"
+    )]
     ReplayExhausted { path: PathBuf, count: usize },
     #[error("the replay transcript {path} is not valid at line {line}: {message}")]
-    ReplayFormat { path: PathBuf, line: usize, message: String },
+    ReplayFormat {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("cannot use {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -76,7 +94,10 @@ pub enum LlmError {
 pub trait ChatModel: Send + Sync {
     /// What the model is, for summaries and transcripts (never holds a key).
     fn describe(&self) -> String;
-    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>>;
+    fn complete<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Completion, LlmError>>;
 }
 
 /// Builds the model the configuration names, wrapped in a recorder when asked.
@@ -117,7 +138,11 @@ impl OpenAiModel {
     pub fn new(config: &LlmConfig) -> OpenAiModel {
         let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
         // Local servers need no key; sending a placeholder keeps strict proxies happy.
-        let key = config.api_key.as_ref().map(|k| k.expose()).unwrap_or("none");
+        let key = config
+            .api_key
+            .as_ref()
+            .map(|k| k.expose())
+            .unwrap_or("none");
         openai = openai.with_api_key(key);
         OpenAiModel {
             client: async_openai::Client::with_config(openai),
@@ -173,7 +198,9 @@ impl OpenAiModel {
     }
 }
 
-fn to_openai_message(m: &Message) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
+fn to_openai_message(
+    m: &Message,
+) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
     Ok(match m.role {
         Role::System => ChatCompletionRequestSystemMessageArgs::default()
             .content(m.content.as_str())
@@ -194,7 +221,10 @@ impl ChatModel for OpenAiModel {
     fn describe(&self) -> String {
         format!("{} at {}", self.model, self.base_url)
     }
-    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+    fn complete<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(self.call(messages))
     }
 }
@@ -260,7 +290,9 @@ impl ReplayModel {
                 path: self.path.clone(),
                 count: self.count,
             })?;
-        let usage = entry.usage.unwrap_or_else(|| estimate_usage(messages, &entry.reply));
+        let usage = entry
+            .usage
+            .unwrap_or_else(|| estimate_usage(messages, &entry.reply));
         Ok(Completion {
             content: entry.reply,
             usage,
@@ -272,7 +304,10 @@ impl ChatModel for ReplayModel {
     fn describe(&self) -> String {
         format!("replay of {}", self.path.display())
     }
-    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+    fn complete<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(std::future::ready(self.next(messages)))
     }
 }
@@ -319,9 +354,16 @@ impl Recorder {
 
 impl ChatModel for Recorder {
     fn describe(&self) -> String {
-        format!("{} (recording to {})", self.inner.describe(), self.path.display())
+        format!(
+            "{} (recording to {})",
+            self.inner.describe(),
+            self.path.display()
+        )
     }
-    fn complete<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<Completion, LlmError>> {
+    fn complete<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(async move {
             let completion = self.inner.complete(messages).await?;
             self.write(&TranscriptEntry {
@@ -350,9 +392,15 @@ mod tests {
         let model = ReplayModel::load(&path).unwrap();
         let asked = [Message::user("12345678")];
         let first = model.complete(&asked).await.unwrap();
-        assert_eq!((first.content.as_str(), first.usage.prompt_tokens), ("one", 10));
+        assert_eq!(
+            (first.content.as_str(), first.usage.prompt_tokens),
+            ("one", 10)
+        );
         let second = model.complete(&asked).await.unwrap();
-        assert_eq!((second.content.as_str(), second.usage.prompt_tokens), ("two", 2));
+        assert_eq!(
+            (second.content.as_str(), second.usage.prompt_tokens),
+            ("two", 2)
+        );
         let err = model.complete(&asked).await.unwrap_err();
         assert!(err.to_string().contains("no reply left"), "{err}");
     }
@@ -372,7 +420,8 @@ mod tests {
         let source = dir.path().join("source.jsonl");
         std::fs::write(&source, "{\"reply\": \"hello\"}\n").unwrap();
         let recorded = dir.path().join("rec/out.jsonl");
-        let recorder = Recorder::create(Box::new(ReplayModel::load(&source).unwrap()), &recorded).unwrap();
+        let recorder =
+            Recorder::create(Box::new(ReplayModel::load(&source).unwrap()), &recorded).unwrap();
         recorder.complete(&[Message::user("hi")]).await.unwrap();
         let replay = ReplayModel::load(&recorded).unwrap();
         assert_eq!(replay.complete(&[]).await.unwrap().content, "hello");

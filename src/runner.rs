@@ -49,7 +49,11 @@ pub struct Timings {
 
 impl Timings {
     pub fn describe(&self) -> String {
-        let tests: Vec<String> = self.tests.iter().map(|t| format!("{:.2}s", t.as_secs_f64())).collect();
+        let tests: Vec<String> = self
+            .tests
+            .iter()
+            .map(|t| format!("{:.2}s", t.as_secs_f64()))
+            .collect();
         format!(
             "clone {:.2}s, sandbox ready {:.2}s, test runs [{}], LLM {:.2}s, push/PR {:.2}s, total {:.2}s",
             self.clone.as_secs_f64(),
@@ -80,7 +84,12 @@ impl Work<'_> {
         let docker = sandbox::connect().await?;
         let image = match &self.image {
             Some(image) => image.clone(),
-            None => sandbox::ensure_default_image(&docker, &mut |line: &str| eprintln!("sandbox image: {line}")).await?,
+            None => {
+                sandbox::ensure_default_image(&docker, &mut |line: &str| {
+                    eprintln!("sandbox image: {line}")
+                })
+                .await?
+            }
         };
         let spec = SandboxSpec {
             image: Some(image),
@@ -140,37 +149,58 @@ fn runner_id(config: &Config) -> String {
 }
 
 pub fn transcript_path(config: &Config, task_id: &str) -> PathBuf {
-    config.state_dir.join("transcripts").join(format!("{task_id}.jsonl"))
+    config
+        .state_dir
+        .join("transcripts")
+        .join(format!("{task_id}.jsonl"))
 }
 
 /// The test command: configured for the target, or the obvious one for the repository.
 pub fn detect_test_cmd(worktree: &Path) -> Option<String> {
     let read = |name: &str| std::fs::read_to_string(worktree.join(name)).ok();
     if let Some(makefile) = read("Makefile")
-        && makefile.lines().any(|l| l.starts_with("test:") || l.starts_with("check:"))
+        && makefile
+            .lines()
+            .any(|l| l.starts_with("test:") || l.starts_with("check:"))
     {
-        let target = if makefile.lines().any(|l| l.starts_with("test:")) { "test" } else { "check" };
+        let target = if makefile.lines().any(|l| l.starts_with("test:")) {
+            "test"
+        } else {
+            "check"
+        };
         return Some(format!("make {target}"));
     }
-    let python_tests = ["pytest.ini", "conftest.py", "tox.ini", "pyproject.toml", "setup.cfg"]
-        .iter()
-        .any(|f| worktree.join(f).is_file())
+    let python_tests = [
+        "pytest.ini",
+        "conftest.py",
+        "tox.ini",
+        "pyproject.toml",
+        "setup.cfg",
+    ]
+    .iter()
+    .any(|f| worktree.join(f).is_file())
         || has_python_tests(worktree);
     python_tests.then(|| "python3 -m pytest -q".to_string())
 }
 
 fn has_python_tests(worktree: &Path) -> bool {
-    [worktree.to_path_buf(), worktree.join("tests")].iter().any(|dir| {
-        std::fs::read_dir(dir).is_ok_and(|entries| {
-            entries.flatten().any(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("test_") && name.ends_with(".py")
+    [worktree.to_path_buf(), worktree.join("tests")]
+        .iter()
+        .any(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("test_") && name.ends_with(".py")
+                })
             })
         })
-    })
 }
 
-fn test_cmd_for(explicit: Option<&str>, worktree: &Path, repo_label: &str) -> Result<String, RunError> {
+fn test_cmd_for(
+    explicit: Option<&str>,
+    worktree: &Path,
+    repo_label: &str,
+) -> Result<String, RunError> {
     explicit
         .map(str::to_string)
         .or_else(|| detect_test_cmd(worktree))
@@ -265,7 +295,10 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
     let branch = format!("agent/{}", &task_id[..8]);
     let workdir = config.state_dir.join("solve").join(&task_id[..8]);
     fresh_dir(&workdir)?;
-    let author = (config.git_author_name.clone(), config.git_author_email.clone());
+    let author = (
+        config.git_author_name.clone(),
+        config.git_author_email.clone(),
+    );
     let token = config.github_token.clone();
     let source = classify(&request.repo);
 
@@ -278,7 +311,8 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
         match &source {
             Source::PlainDir(dir) => {
                 let dir = dir.clone();
-                blocking(move || Workspace::from_plain_dir(&dir, &workdir, (&author.0, &author.1))).await?
+                blocking(move || Workspace::from_plain_dir(&dir, &workdir, (&author.0, &author.1)))
+                    .await?
             }
             Source::LocalRepo(dir) => {
                 let dir = dir.clone();
@@ -316,14 +350,20 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
     let publish = Instant::now();
     if !diff.is_empty() {
         let first_line = format!("agent: {}", first_line(&request.instruction, 60));
-        ws.commit_all(&commit_message(&first_line, &outcome, &task_id), (&author.0, &author.1))?;
+        ws.commit_all(
+            &commit_message(&first_line, &outcome, &task_id),
+            (&author.0, &author.1),
+        )?;
         match &source {
             Source::LocalRepo(dir) => {
                 ws.fetch_into(dir, &branch)?;
                 branch_in = Some(dir.display().to_string());
                 if request.push {
                     let origin = workspace::origin_url(dir).ok_or_else(|| {
-                        RunError::Task(format!("--push: {} has no `origin` remote to push to", dir.display()))
+                        RunError::Task(format!(
+                            "--push: {} has no `origin` remote to push to",
+                            dir.display()
+                        ))
                     })?;
                     ws.push(&origin, &branch, token.as_ref())?;
                     branch_in = Some(format!("{} and {origin}", dir.display()));
@@ -357,7 +397,11 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
 }
 
 fn first_line(text: &str, max_chars: usize) -> String {
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     let mut short: String = line.chars().take(max_chars).collect();
     if line.chars().count() > max_chars {
         short.push('…');
@@ -389,7 +433,9 @@ pub async fn run_issue(config: &Config, issue_number: u64) -> Result<IssueReport
         Ok(task) => task,
         Err(rejection) => {
             let comment = dispatch::failed_comment(&config.agent_name, &rejection.message, None);
-            github.comment(&dispatch_repo, issue_number, &redactor.redact(&comment)).await?;
+            github
+                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
+                .await?;
             return Err(RunError::Rejected {
                 issue: issue_number,
                 message: rejection.message,
@@ -402,7 +448,10 @@ pub async fn run_issue(config: &Config, issue_number: u64) -> Result<IssueReport
         .comment(
             &dispatch_repo,
             issue_number,
-            &redactor.redact(&dispatch::started_comment(&config.agent_name, chrono::Utc::now())),
+            &redactor.redact(&dispatch::started_comment(
+                &config.agent_name,
+                chrono::Utc::now(),
+            )),
         )
         .await?;
 
@@ -416,12 +465,21 @@ pub async fn run_issue(config: &Config, issue_number: u64) -> Result<IssueReport
     match run.execute().await {
         Ok(report) => {
             let comment = dispatch::completed_comment(&config.agent_name, &task, &report.pr_url);
-            github.comment(&dispatch_repo, issue_number, &redactor.redact(&comment)).await?;
+            github
+                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
+                .await?;
             Ok(report)
         }
         Err(failure) => {
-            let comment = dispatch::failed_comment(&config.agent_name, &failure.reason, failure.test_tail.as_deref());
-            if let Err(e) = github.comment(&dispatch_repo, issue_number, &redactor.redact(&comment)).await {
+            let comment = dispatch::failed_comment(
+                &config.agent_name,
+                &failure.reason,
+                failure.test_tail.as_deref(),
+            );
+            if let Err(e) = github
+                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
+                .await
+            {
                 tracing::error!(error = %e, "could not post the failure comment");
             }
             Err(RunError::Task(redactor.redact(&failure.reason)))
@@ -458,7 +516,11 @@ impl IssueRun<'_> {
         let config = self.config;
         let task = self.task;
         let model = llm::from_config(&config.llm).map_err(RunError::from)?;
-        let info = self.github.repo_info(&task.target_repo).await.map_err(RunError::from)?;
+        let info = self
+            .github
+            .repo_info(&task.target_repo)
+            .await
+            .map_err(RunError::from)?;
         let target_context = match &task.target_ref {
             Some(target) => {
                 let text = self
@@ -488,7 +550,11 @@ impl IssueRun<'_> {
         let branch = dispatch::branch_name(task);
         ws.create_branch(&branch).map_err(RunError::from)?;
         let target_config = config.target(&task.target_repo.to_string());
-        let test_cmd = test_cmd_for(target_config.test_cmd.as_deref(), ws.dir(), &task.target_repo.to_string())?;
+        let test_cmd = test_cmd_for(
+            target_config.test_cmd.as_deref(),
+            ws.dir(),
+            &task.target_repo.to_string(),
+        )?;
 
         let outcome = Work {
             config,
@@ -524,14 +590,25 @@ impl IssueRun<'_> {
         let publish = Instant::now();
         let files_changed = ws.changed_files().map_err(RunError::from)?;
         let message = commit_message(
-            &format!("Process agent task from dispatch issue #{}", task.issue_number),
+            &format!(
+                "Process agent task from dispatch issue #{}",
+                task.issue_number
+            ),
             &outcome,
             &task.task_id,
         );
-        ws.commit_all(&message, (&config.git_author_name, &config.git_author_email))
-            .map_err(RunError::from)?;
+        ws.commit_all(
+            &message,
+            (&config.git_author_name, &config.git_author_email),
+        )
+        .map_err(RunError::from)?;
         {
-            let (ws, url, branch, token) = (ws, info.clone_url.clone(), branch.clone(), self.token.clone());
+            let (ws, url, branch, token) = (
+                ws,
+                info.clone_url.clone(),
+                branch.clone(),
+                self.token.clone(),
+            );
             blocking(move || ws.push(&url, &branch, Some(&token))).await?;
         }
         let report = dispatch::PrReport {
@@ -550,7 +627,13 @@ impl IssueRun<'_> {
         let title = redactor.redact(&dispatch::pr_title(task));
         let (pr, pr_created) = self
             .github
-            .open_or_update_pr(&task.target_repo, &branch, &info.default_branch, &title, &body)
+            .open_or_update_pr(
+                &task.target_repo,
+                &branch,
+                &info.default_branch,
+                &title,
+                &body,
+            )
             .await
             .map_err(RunError::from)?;
         timings.publish = publish.elapsed();
@@ -568,7 +651,11 @@ impl IssueRun<'_> {
 /// The target issue as context for the model: HTML comments (invisible to people) removed,
 /// size capped.
 fn sanitise_context(title: &str, body: &str) -> String {
-    let text = format!("Title: {}\n\n{}", title.trim(), dispatch::strip_html_comments(body).trim());
+    let text = format!(
+        "Title: {}\n\n{}",
+        title.trim(),
+        dispatch::strip_html_comments(body).trim()
+    );
     if text.len() <= MAX_TARGET_CONTEXT_BYTES {
         return text;
     }
@@ -588,8 +675,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(detect_test_cmd(dir.path()), None);
         std::fs::write(dir.path().join("test_x.py"), "").unwrap();
-        assert_eq!(detect_test_cmd(dir.path()).as_deref(), Some("python3 -m pytest -q"));
-        std::fs::write(dir.path().join("Makefile"), "all:\n\ttrue\ntest:\n\tpython3 -m unittest\n").unwrap();
+        assert_eq!(
+            detect_test_cmd(dir.path()).as_deref(),
+            Some("python3 -m pytest -q")
+        );
+        std::fs::write(
+            dir.path().join("Makefile"),
+            "all:\n\ttrue\ntest:\n\tpython3 -m unittest\n",
+        )
+        .unwrap();
         assert_eq!(detect_test_cmd(dir.path()).as_deref(), Some("make test"));
     }
 

@@ -17,7 +17,10 @@ pub enum WorkspaceError {
     #[error("git failed to {action}: {message}")]
     Git { action: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the push of {branch} was refused by the remote: {message}")]
     PushRejected { branch: String, message: String },
 }
@@ -65,16 +68,30 @@ fn callbacks(token: Option<&Secret>) -> RemoteCallbacks<'_> {
 
 impl Workspace {
     /// Clones one branch of `url` into `dest` (which must not exist).
-    pub fn clone(url: &str, branch: &str, dest: &Path, token: Option<&Secret>) -> Result<Workspace, WorkspaceError> {
+    pub fn clone(
+        url: &str,
+        branch: &str,
+        dest: &Path,
+        token: Option<&Secret>,
+    ) -> Result<Workspace, WorkspaceError> {
         Workspace::clone_branch(url, Some(branch), dest, token)
     }
 
     /// Clones `url` at the branch its HEAD names.
-    pub fn clone_default(url: &str, dest: &Path, token: Option<&Secret>) -> Result<Workspace, WorkspaceError> {
+    pub fn clone_default(
+        url: &str,
+        dest: &Path,
+        token: Option<&Secret>,
+    ) -> Result<Workspace, WorkspaceError> {
         Workspace::clone_branch(url, None, dest, token)
     }
 
-    fn clone_branch(url: &str, branch: Option<&str>, dest: &Path, token: Option<&Secret>) -> Result<Workspace, WorkspaceError> {
+    fn clone_branch(
+        url: &str,
+        branch: Option<&str>,
+        dest: &Path,
+        token: Option<&Secret>,
+    ) -> Result<Workspace, WorkspaceError> {
         let mut fetch = FetchOptions::new();
         fetch.remote_callbacks(callbacks(token));
         let mut builder = RepoBuilder::new();
@@ -82,9 +99,10 @@ impl Workspace {
         if let Some(branch) = branch {
             builder.branch(branch);
         }
-        let repo = builder
-            .clone(url, dest)
-            .map_err(git_error(format!("clone {url} (branch {})", branch.unwrap_or("HEAD"))))?;
+        let repo = builder.clone(url, dest).map_err(git_error(format!(
+            "clone {url} (branch {})",
+            branch.unwrap_or("HEAD")
+        )))?;
         Ok(Workspace {
             repo,
             dir: dest.to_path_buf(),
@@ -93,10 +111,15 @@ impl Workspace {
 
     /// Makes a repository of a plain directory: its files (without `.git`, symlinks kept as
     /// symlinks) committed as the baseline on `main`.
-    pub fn from_plain_dir(source: &Path, dest: &Path, author: (&str, &str)) -> Result<Workspace, WorkspaceError> {
+    pub fn from_plain_dir(
+        source: &Path,
+        dest: &Path,
+        author: (&str, &str),
+    ) -> Result<Workspace, WorkspaceError> {
         copy_tree(source, dest)?;
         let repo = Repository::init(dest).map_err(git_error("initialise the work repository"))?;
-        repo.set_head("refs/heads/main").map_err(git_error("name the branch main"))?;
+        repo.set_head("refs/heads/main")
+            .map_err(git_error("name the branch main"))?;
         let workspace = Workspace {
             repo,
             dir: dest.to_path_buf(),
@@ -167,20 +190,37 @@ impl Workspace {
     }
 
     /// Commits every change of the work tree; returns the commit id.
-    pub fn commit_all(&self, message: &str, author: (&str, &str)) -> Result<git2::Oid, WorkspaceError> {
+    pub fn commit_all(
+        &self,
+        message: &str,
+        author: (&str, &str),
+    ) -> Result<git2::Oid, WorkspaceError> {
         let mut index = self.repo.index().map_err(git_error("open the index"))?;
         index
             .add_all(["*"], IndexAddOption::DEFAULT, None)
             .map_err(git_error("stage the changes"))?;
-        index.update_all(["*"], None).map_err(git_error("stage deletions"))?;
+        index
+            .update_all(["*"], None)
+            .map_err(git_error("stage deletions"))?;
         index.write().map_err(git_error("write the index"))?;
         let tree_id = index.write_tree().map_err(git_error("write the tree"))?;
-        let tree = self.repo.find_tree(tree_id).map_err(git_error("read the tree"))?;
-        let signature = Signature::now(author.0, author.1).map_err(git_error("build the author"))?;
+        let tree = self
+            .repo
+            .find_tree(tree_id)
+            .map_err(git_error("read the tree"))?;
+        let signature =
+            Signature::now(author.0, author.1).map_err(git_error("build the author"))?;
         let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
         self.repo
-            .commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
+            .commit(
+                Some("HEAD"),
+                &signature,
+                &signature,
+                message,
+                &tree,
+                &parents,
+            )
             .map_err(git_error("commit"))
     }
 
@@ -195,11 +235,22 @@ impl Workspace {
 
     /// Pushes the local `branch` to `url` under the same name, replacing what is there (a
     /// re-run of a task rebuilds its branch from the default branch).
-    pub fn push(&self, url: &str, branch: &str, token: Option<&Secret>) -> Result<(), WorkspaceError> {
+    pub fn push(
+        &self,
+        url: &str,
+        branch: &str,
+        token: Option<&Secret>,
+    ) -> Result<(), WorkspaceError> {
         self.push_as(url, branch, branch, token)
     }
 
-    pub fn push_as(&self, url: &str, branch: &str, remote_branch: &str, token: Option<&Secret>) -> Result<(), WorkspaceError> {
+    pub fn push_as(
+        &self,
+        url: &str,
+        branch: &str,
+        remote_branch: &str,
+        token: Option<&Secret>,
+    ) -> Result<(), WorkspaceError> {
         let mut remote = self
             .repo
             .remote_anonymous(url)
@@ -233,7 +284,8 @@ impl Workspace {
     /// Copies the local `branch` into the repository at `dest` (which may have a work tree:
     /// libgit2 cannot push into those, so `dest` fetches it).
     pub fn fetch_into(&self, dest: &Path, branch: &str) -> Result<(), WorkspaceError> {
-        let target = Repository::open(dest).map_err(git_error(format!("open {}", dest.display())))?;
+        let target =
+            Repository::open(dest).map_err(git_error(format!("open {}", dest.display())))?;
         let mut remote = target
             .remote_anonymous(&self.dir.to_string_lossy())
             .map_err(git_error(format!("read {branch} from the work repository")))?;
@@ -307,14 +359,20 @@ mod tests {
         std::fs::write(source.join("pkg/a.txt"), "one\n").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", source.join("link")).unwrap();
         let work = Workspace::from_plain_dir(&source, &tmp.path().join("work"), AUTHOR).unwrap();
-        assert_eq!(std::fs::read_link(work.dir().join("link")).unwrap(), Path::new("/etc/hostname"));
+        assert_eq!(
+            std::fs::read_link(work.dir().join("link")).unwrap(),
+            Path::new("/etc/hostname")
+        );
         assert!(work.diff().unwrap().is_empty());
 
         work.create_branch("agent/x").unwrap();
         std::fs::write(work.dir().join("pkg/a.txt"), "two\n").unwrap();
         std::fs::write(work.dir().join("new.txt"), "new\n").unwrap();
         let diff = work.diff().unwrap();
-        assert!(diff.contains("-one") && diff.contains("+two") && diff.contains("+new"), "{diff}");
+        assert!(
+            diff.contains("-one") && diff.contains("+two") && diff.contains("+new"),
+            "{diff}"
+        );
         let mut changed = work.changed_files().unwrap();
         changed.sort();
         assert_eq!(changed, ["new.txt", "pkg/a.txt"]);
@@ -327,7 +385,11 @@ mod tests {
         Repository::init_bare(&bare).unwrap();
         work.push(bare.to_str().unwrap(), "agent/x", None).unwrap();
         let pushed = Repository::open_bare(&bare).unwrap();
-        assert!(pushed.find_branch("agent/x", git2::BranchType::Local).is_ok());
+        assert!(
+            pushed
+                .find_branch("agent/x", git2::BranchType::Local)
+                .is_ok()
+        );
         assert!(is_repository(&bare));
         assert!(!is_repository(&source));
     }

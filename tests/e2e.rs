@@ -72,14 +72,32 @@ impl World {
         let gh = FakeGitHub::start(TOKEN).await;
         let tmp = tempfile::tempdir().unwrap();
         let files = example_files();
-        let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
         let target_bare = make_bare_repo(&tmp.path().join("calculator.git"), &refs, "main");
         gh.add_repo(TARGET, "main", &target_bare);
-        let dispatch_bare = make_bare_repo(&tmp.path().join("dispatch.git"), &[("README.md", "dispatch\n")], "main");
+        let dispatch_bare = make_bare_repo(
+            &tmp.path().join("dispatch.git"),
+            &[("README.md", "dispatch\n")],
+            "main",
+        );
         gh.add_repo(DISPATCH, "main", &dispatch_bare);
         // The target issue the task refers to.
-        gh.add_issue(TARGET, "add() is wrong", "2 + 3 gives -1. <!-- hidden note -->", &[], "alice", "OWNER");
-        World { gh, tmp, target_bare }
+        gh.add_issue(
+            TARGET,
+            "add() is wrong",
+            "2 + 3 gives -1. <!-- hidden note -->",
+            &[],
+            "alice",
+            "OWNER",
+        );
+        World {
+            gh,
+            tmp,
+            target_bare,
+        }
     }
 
     fn dispatch_issue(&self, body: &str) -> u64 {
@@ -119,12 +137,22 @@ impl World {
     }
 
     fn transcript(&self) -> String {
-        std::fs::read_to_string(self.state_dir().join("transcripts").join(format!("{TASK_ID}.jsonl"))).unwrap_or_default()
+        std::fs::read_to_string(
+            self.state_dir()
+                .join("transcripts")
+                .join(format!("{TASK_ID}.jsonl")),
+        )
+        .unwrap_or_default()
     }
 
     /// Everything this run sent out or left behind, to check no secret leaked.
     fn assert_no_secret_leaked(&self, outputs: &[&Output]) {
-        let mut texts: Vec<String> = self.gh.requests().into_iter().map(|r| format!("{} {} {}", r.path, r.query, r.body)).collect();
+        let mut texts: Vec<String> = self
+            .gh
+            .requests()
+            .into_iter()
+            .map(|r| format!("{} {} {}", r.path, r.query, r.body))
+            .collect();
         for output in outputs {
             texts.push(String::from_utf8_lossy(&output.stdout).into_owned());
             texts.push(String::from_utf8_lossy(&output.stderr).into_owned());
@@ -137,8 +165,17 @@ impl World {
             assert!(!text.contains(TOKEN), "the GitHub token leaked: {text}");
             assert!(!text.contains(LLM_KEY), "the LLM key leaked: {text}");
         }
-        let git_config = std::fs::read_to_string(self.state_dir().join("work").join(TASK_ID).join(".git/config")).unwrap_or_default();
-        assert!(!git_config.contains(TOKEN), "the token was written into .git/config");
+        let git_config = std::fs::read_to_string(
+            self.state_dir()
+                .join("work")
+                .join(TASK_ID)
+                .join(".git/config"),
+        )
+        .unwrap_or_default();
+        assert!(
+            !git_config.contains(TOKEN),
+            "the token was written into .git/config"
+        );
     }
 }
 
@@ -160,7 +197,9 @@ fn replay(name: &str) -> String {
     let path = if name == "fix" {
         root().join("examples/calculator/fix.jsonl")
     } else {
-        root().join("tests/fixtures").join(format!("calculator-{name}.jsonl"))
+        root()
+            .join("tests/fixtures")
+            .join(format!("calculator-{name}.jsonl"))
     };
     format!("replay:{}", path.display())
 }
@@ -168,15 +207,28 @@ fn replay(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
     let world = World::new().await;
-    let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add(): it subtracts."));
+    let issue = world.dispatch_issue(&dispatch_body(
+        Some("acme/calculator#1"),
+        "Fix add(): it subtracts.",
+    ));
     let issue_arg = issue.to_string();
     let llm = replay("fix");
-    let args = ["run-issue", "--issue", issue_arg.as_str(), "--llm", llm.as_str()];
+    let args = [
+        "run-issue",
+        "--issue",
+        issue_arg.as_str(),
+        "--llm",
+        llm.as_str(),
+    ];
 
     let first = world.run(&args, &[]).await;
     assert_exit(&first, 0);
     println!("{}", text(&first.stdout));
-    assert!(text(&first.stdout).contains("opened pull request"), "{}", text(&first.stdout));
+    assert!(
+        text(&first.stdout).contains("opened pull request"),
+        "{}",
+        text(&first.stdout)
+    );
 
     let pulls = world.gh.pulls(TARGET);
     assert_eq!(pulls.len(), 1);
@@ -188,35 +240,76 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
         "Automated changes from agent task\n\nFixes {DISPATCH}#{issue}\n\n<!-- agent_task_metadata {{\"task_id\": \"{TASK_ID}\"}} -->\n\n## Changes\n"
     );
     assert!(pr.body.starts_with(&expected_start), "{}", pr.body);
-    assert!(pr.body.contains("## Test Results") && pr.body.contains("## Task Instruction"), "{}", pr.body);
-    assert!(pr.body.contains("- After the change: exit 0"), "{}", pr.body);
+    assert!(
+        pr.body.contains("## Test Results") && pr.body.contains("## Task Instruction"),
+        "{}",
+        pr.body
+    );
+    assert!(
+        pr.body.contains("- After the change: exit 0"),
+        "{}",
+        pr.body
+    );
 
     let files = branch_files(&world.target_bare, &pr.head).unwrap();
     let calc = files.iter().find(|(p, _)| p == "calc.py").unwrap();
     assert!(calc.1.contains("return a + b"), "{}", calc.1);
     let message = branch_commit_message(&world.target_bare, &pr.head).unwrap();
-    assert!(message.starts_with(&format!("Process agent task from dispatch issue #{issue}")), "{message}");
-    assert!(message.contains(&format!("Task-Id: {TASK_ID}")), "{message}");
+    assert!(
+        message.starts_with(&format!("Process agent task from dispatch issue #{issue}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("Task-Id: {TASK_ID}")),
+        "{message}"
+    );
 
     let comments = world.gh.comments(DISPATCH, issue);
     assert_eq!(comments.len(), 2, "{comments:?}");
-    assert!(comments[0].starts_with(&format!("🤖 {AGENT} started processing this task at ")), "{}", comments[0]);
+    assert!(
+        comments[0].starts_with(&format!("🤖 {AGENT} started processing this task at ")),
+        "{}",
+        comments[0]
+    );
     assert!(comments[0].ends_with('Z'));
-    assert!(comments[1].starts_with(&format!("✅ {AGENT} completed processing this task.")), "{}", comments[1]);
-    assert!(comments[1].contains(&format!("/pull/{}", pr.number)), "{}", comments[1]);
+    assert!(
+        comments[1].starts_with(&format!("✅ {AGENT} completed processing this task.")),
+        "{}",
+        comments[1]
+    );
+    assert!(
+        comments[1].contains(&format!("/pull/{}", pr.number)),
+        "{}",
+        comments[1]
+    );
 
     // The target issue's hidden HTML comment never reaches the model.
     let transcript = world.transcript();
-    assert!(transcript.contains("2 + 3 gives -1"), "target context is given to the model");
+    assert!(
+        transcript.contains("2 + 3 gives -1"),
+        "target context is given to the model"
+    );
     assert!(!transcript.contains("hidden note"));
 
     let second = world.run(&args, &[]).await;
     assert_exit(&second, 0);
-    assert!(text(&second.stdout).contains("updated pull request"), "{}", text(&second.stdout));
-    assert_eq!(world.gh.pulls(TARGET).len(), 1, "a re-run never opens a second pull request");
+    assert!(
+        text(&second.stdout).contains("updated pull request"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(
+        world.gh.pulls(TARGET).len(),
+        1,
+        "a re-run never opens a second pull request"
+    );
 
     assert!(
-        world.gh.requests().iter().all(|r| !r.path.contains("/merge")),
+        world
+            .gh
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("/merge")),
         "nothing ever asks to merge"
     );
     world.assert_no_secret_leaked(&[&first, &second]);
@@ -229,7 +322,18 @@ async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
     let issue_arg = issue.to_string();
     let llm = replay("never-green");
     let output = world
-        .run(&["run-issue", "--issue", &issue_arg, "--llm", &llm, "--max-iterations", "2"], &[])
+        .run(
+            &[
+                "run-issue",
+                "--issue",
+                &issue_arg,
+                "--llm",
+                &llm,
+                "--max-iterations",
+                "2",
+            ],
+            &[],
+        )
         .await;
     assert_exit(&output, 1);
     assert!(world.gh.pulls(TARGET).is_empty());
@@ -237,11 +341,22 @@ async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
     let comments = world.gh.comments(DISPATCH, issue);
     assert_eq!(comments.len(), 2, "{comments:?}");
     let failed = &comments[1];
-    assert!(failed.starts_with(&format!("❌ {AGENT} failed to process this task: the tests still fail after 2 model replies")), "{failed}");
-    assert!(failed.contains("Last test output (tail):") && failed.contains("test_add"), "{failed}");
+    assert!(
+        failed.starts_with(&format!(
+            "❌ {AGENT} failed to process this task: the tests still fail after 2 model replies"
+        )),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("Last test output (tail):") && failed.contains("test_add"),
+        "{failed}"
+    );
     assert!(failed.contains("Transcript:"), "{failed}");
     let transcript = world.transcript();
-    assert!(transcript.contains("\"kind\":\"stop\""), "the transcript is kept: {transcript}");
+    assert!(
+        transcript.contains("\"kind\":\"stop\""),
+        "the transcript is kept: {transcript}"
+    );
     world.assert_no_secret_leaked(&[&output]);
 }
 
@@ -251,16 +366,43 @@ async fn a_malformed_issue_gets_a_comment_and_nothing_is_cloned() {
     let body = "## Instructions\n\nFix add().\n\n(no metadata here)";
     let issue = world.dispatch_issue(body);
     let output = world
-        .run(&["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")], &[])
+        .run(
+            &[
+                "run-issue",
+                "--issue",
+                &issue.to_string(),
+                "--llm",
+                &replay("fix"),
+            ],
+            &[],
+        )
         .await;
     assert_exit(&output, 1);
-    assert!(text(&output.stderr).contains("no task id"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("no task id"),
+        "{}",
+        text(&output.stderr)
+    );
     let comments = world.gh.comments(DISPATCH, issue);
     assert_eq!(comments.len(), 1, "{comments:?}");
-    assert!(comments[0].starts_with(&format!("❌ {AGENT} failed to process this task: the issue body has no task id")), "{}", comments[0]);
+    assert!(
+        comments[0].starts_with(&format!(
+            "❌ {AGENT} failed to process this task: the issue body has no task id"
+        )),
+        "{}",
+        comments[0]
+    );
     let requests = world.gh.requests();
-    assert!(requests.iter().all(|r| !r.path.starts_with("/git/")), "nothing is cloned");
-    assert!(requests.iter().all(|r| r.path != format!("/repos/{TARGET}")), "the target is not even looked up");
+    assert!(
+        requests.iter().all(|r| !r.path.starts_with("/git/")),
+        "nothing is cloned"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.path != format!("/repos/{TARGET}")),
+        "the target is not even looked up"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,16 +410,35 @@ async fn no_target_and_no_default_is_rejected_with_a_comment() {
     let world = World::new().await;
     let issue = world.dispatch_issue(&dispatch_body(None, "Fix add()."));
     let output = world
-        .run(&["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")], &[])
+        .run(
+            &[
+                "run-issue",
+                "--issue",
+                &issue.to_string(),
+                "--llm",
+                &replay("fix"),
+            ],
+            &[],
+        )
         .await;
     assert_exit(&output, 1);
     let comments = world.gh.comments(DISPATCH, issue);
-    assert!(comments[0].contains("names no target repository") && comments[0].contains("default_target"), "{comments:?}");
+    assert!(
+        comments[0].contains("names no target repository")
+            && comments[0].contains("default_target"),
+        "{comments:?}"
+    );
 
     // With a default target configured the same issue is processed.
     let output = world
         .run(
-            &["run-issue", "--issue", &issue.to_string(), "--llm", &replay("fix")],
+            &[
+                "run-issue",
+                "--issue",
+                &issue.to_string(),
+                "--llm",
+                &replay("fix"),
+            ],
             &[("AGENT_RUNNER_DEFAULT_TARGET", TARGET)],
         )
         .await;
@@ -290,13 +451,30 @@ async fn solve_recovers_from_a_malformed_edit_after_feedback() {
     let world = World::new().await;
     let llm = replay("malformed-then-fixed");
     let output = world
-        .run(&["solve", "--repo", "examples/calculator", "--instruction", "Fix add().", "--llm", &llm], &[])
+        .run(
+            &[
+                "solve",
+                "--repo",
+                "examples/calculator",
+                "--instruction",
+                "Fix add().",
+                "--llm",
+                &llm,
+            ],
+            &[],
+        )
         .await;
     assert_exit(&output, 0);
     let stdout = text(&output.stdout);
     assert!(stdout.contains("SOLVED: the tests pass"), "{stdout}");
-    assert!(stdout.contains("iterations:  2 (1 edit sets applied, 1 rejected)"), "{stdout}");
-    assert!(stdout.contains("+    return a + b"), "the diff is printed: {stdout}");
+    assert!(
+        stdout.contains("iterations:  2 (1 edit sets applied, 1 rejected)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+    return a + b"),
+        "the diff is printed: {stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,13 +482,26 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
     let world = World::new().await;
     let work = world.tmp.path().join("local");
     let clone = std::process::Command::new("git")
-        .args(["clone", "-q", world.target_bare.to_str().unwrap(), work.to_str().unwrap()])
+        .args([
+            "clone",
+            "-q",
+            world.target_bare.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(clone.success());
     let output = world
         .run(
-            &["solve", "--repo", work.to_str().unwrap(), "--instruction", "Fix add().", "--llm", &replay("fix")],
+            &[
+                "solve",
+                "--repo",
+                work.to_str().unwrap(),
+                "--instruction",
+                "Fix add().",
+                "--llm",
+                &replay("fix"),
+            ],
             &[],
         )
         .await;
@@ -319,18 +510,37 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
         .args(["-C", work.to_str().unwrap(), "branch", "--list", "agent/*"])
         .output()
         .unwrap();
-    assert!(text(&branches.stdout).contains("agent/"), "the result branch is in the local repo");
-    assert_eq!(branch_names(&world.target_bare), ["main"], "nothing was pushed to the remote without --push");
+    assert!(
+        text(&branches.stdout).contains("agent/"),
+        "the result branch is in the local repo"
+    );
+    assert_eq!(
+        branch_names(&world.target_bare),
+        ["main"],
+        "nothing was pushed to the remote without --push"
+    );
 
     let pushed = world
         .run(
-            &["solve", "--repo", work.to_str().unwrap(), "--instruction", "Fix add().", "--llm", &replay("fix"), "--push"],
+            &[
+                "solve",
+                "--repo",
+                work.to_str().unwrap(),
+                "--instruction",
+                "Fix add().",
+                "--llm",
+                &replay("fix"),
+                "--push",
+            ],
             &[],
         )
         .await;
     assert_exit(&pushed, 0);
     let remote_branches = branch_names(&world.target_bare);
-    assert!(remote_branches.iter().any(|b| b.starts_with("agent/")), "--push pushes to origin: {remote_branches:?}");
+    assert!(
+        remote_branches.iter().any(|b| b.starts_with("agent/")),
+        "--push pushes to origin: {remote_branches:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,14 +548,28 @@ async fn docker_unreachable_is_a_clear_error() {
     let world = World::new().await;
     let output = world
         .run(
-            &["solve", "--repo", "examples/calculator", "--instruction", "Fix add().", "--llm", &replay("fix")],
+            &[
+                "solve",
+                "--repo",
+                "examples/calculator",
+                "--instruction",
+                "Fix add().",
+                "--llm",
+                &replay("fix"),
+            ],
             &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
         )
         .await;
     assert_exit(&output, 1);
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("Docker is unreachable at unix:///nonexistent/docker.sock"), "{stderr}");
-    assert!(stderr.contains("Start the Docker Engine or set DOCKER_HOST"), "{stderr}");
+    assert!(
+        stderr.contains("Docker is unreachable at unix:///nonexistent/docker.sock"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Start the Docker Engine or set DOCKER_HOST"),
+        "{stderr}"
+    );
 }
 
 /// The README's first command works as written.
@@ -353,19 +577,39 @@ async fn docker_unreachable_is_a_clear_error() {
 async fn readme_quick_start_solves_the_example() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let block = quick_start_block(&readme);
-    assert_eq!(block.len(), 2, "the quick start holds exactly two commands: {block:?}");
-    assert!(block[1].contains("cargo nextest run") || block[1].contains("cargo test"), "{}", block[1]);
-    let args = shell_words(block[0].split_once(" -- ").expect("line 1 runs the binary with `cargo run ... -- ARGS`").1);
+    assert_eq!(
+        block.len(),
+        2,
+        "the quick start holds exactly two commands: {block:?}"
+    );
+    assert!(
+        block[1].contains("cargo nextest run") || block[1].contains("cargo test"),
+        "{}",
+        block[1]
+    );
+    let args = shell_words(
+        block[0]
+            .split_once(" -- ")
+            .expect("line 1 runs the binary with `cargo run ... -- ARGS`")
+            .1,
+    );
     assert_eq!(args[0], "solve");
     let world = World::new().await;
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = world.run(&refs, &[]).await;
     assert_exit(&output, 0);
-    assert!(text(&output.stdout).contains("SOLVED: the tests pass"), "{}", text(&output.stdout));
+    assert!(
+        text(&output.stdout).contains("SOLVED: the tests pass"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 fn quick_start_block(readme: &str) -> Vec<String> {
-    let section = readme.split("## Quick start").nth(1).expect("a ## Quick start section");
+    let section = readme
+        .split("## Quick start")
+        .nth(1)
+        .expect("a ## Quick start section");
     let block = section.split("```").nth(1).expect("a fenced block");
     block
         .lines()
@@ -410,5 +654,8 @@ fn shell_words(line: &str) -> Vec<String> {
 
 #[test]
 fn shell_words_split_like_a_shell() {
-    assert_eq!(shell_words("solve --x 'a b' \"c d\" e"), ["solve", "--x", "a b", "c d", "e"]);
+    assert_eq!(
+        shell_words("solve --x 'a b' \"c d\" e"),
+        ["solve", "--x", "a b", "c d", "e"]
+    );
 }

@@ -2,6 +2,8 @@
 //! completions API (as llama.cpp, vLLM and Ollama do), and `--record` turning a real run
 //! into a replay fixture.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 
 use agent_runner::config::{LlmConfig, Secret};
@@ -10,9 +12,12 @@ use axum::Json;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
+/// The `Authorization` header and JSON body of one request.
+type SeenRequest = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Seen {
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<SeenRequest>>>,
 }
 
 async fn start_server(seen: Seen, status: u16) -> String {
@@ -84,7 +89,10 @@ async fn talks_to_any_openai_compatible_server_and_records_a_replayable_transcri
         .await
         .unwrap();
     assert_eq!(reply.content, "echo: hello");
-    assert_eq!((reply.usage.prompt_tokens, reply.usage.completion_tokens), (21, 7));
+    assert_eq!(
+        (reply.usage.prompt_tokens, reply.usage.completion_tokens),
+        (21, 7)
+    );
 
     let requests = seen.requests.lock().unwrap().clone();
     let (auth, body) = &requests[0];
@@ -94,7 +102,10 @@ async fn talks_to_any_openai_compatible_server_and_records_a_replayable_transcri
     assert_eq!(body["messages"][1]["content"], "hello");
 
     let transcript = std::fs::read_to_string(&record).unwrap();
-    assert!(!transcript.contains("sk-test-key-123456"), "the key is not recorded");
+    assert!(
+        !transcript.contains("sk-test-key-123456"),
+        "the key is not recorded"
+    );
     let replay = ReplayModel::load(&record).unwrap();
     let again = llm::ChatModel::complete(&replay, &[]).await.unwrap();
     assert_eq!(again.content, "echo: hello");
@@ -105,7 +116,14 @@ async fn talks_to_any_openai_compatible_server_and_records_a_replayable_transcri
 async fn server_errors_name_the_server() {
     let base = start_server(Seen::default(), 404).await;
     let model = llm::from_config(&config(base.clone())).unwrap();
-    let err = model.complete(&[Message::user("hi")]).await.unwrap_err().to_string();
-    assert!(err.contains(&base) && err.contains("model not loaded"), "{err}");
+    let err = model
+        .complete(&[Message::user("hi")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&base) && err.contains("model not loaded"),
+        "{err}"
+    );
     assert!(!err.contains("sk-test-key-123456"));
 }

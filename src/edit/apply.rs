@@ -28,6 +28,24 @@ pub(crate) fn run(
     let mut outcomes = Vec::with_capacity(blocks.len());
     for (index, b) in blocks.iter().enumerate() {
         let mut path = b.display_path();
+        // A block repeated verbatim (models do that) is applied once.
+        let dup = blocks[..index]
+            .iter()
+            .zip(&outcomes)
+            .position(|(prev, o): (&Block, &BlockOutcome)| o.applied && prev == b);
+        if let Some(first) = dup {
+            let o: &BlockOutcome = &outcomes[first];
+            let (path, level) = (o.path.clone(), o.level);
+            outcomes.push(BlockOutcome {
+                index,
+                format: b.format,
+                path,
+                applied: true,
+                level,
+                message: format!("same as edit {}; applied once", first + 1),
+            });
+            continue;
+        }
         let (applied, level, message) = match stage(&mut vfs, b, &mut path) {
             Ok(d) => (true, d.level, d.message),
             Err(StageErr::Block(m)) => (false, None, m),
@@ -78,9 +96,7 @@ fn entry_diff(e: &Entry, kind: ChangeKind) -> String {
         _ => None,
     };
     match kind {
-        ChangeKind::Created => {
-            canonical::file_diff(&e.rel, None, cur, e.new_mode.unwrap_or(0o644))
-        }
+        ChangeKind::Created => canonical::file_diff(&e.rel, None, cur, e.new_mode.unwrap_or(0o644)),
         ChangeKind::Deleted => match e.orig_text() {
             Some(t) => canonical::file_diff(&e.rel, Some(t), None, e.orig_mode.unwrap_or(0o644)),
             None => canonical::binary_deletion(&e.rel, e.orig_mode.unwrap_or(0o644)),
@@ -117,12 +133,15 @@ fn pick_path(vfs: &mut Vfs, paths: &[String]) -> Result<Resolved, StageErr> {
 
 fn missing_msg(vfs: &Vfs, e: &Entry, format: Format) -> String {
     if e.orig != Content::Missing {
-        return format!("`{}` was deleted or moved by an earlier edit in this reply.", e.rel);
+        return format!(
+            "`{}` was deleted or moved by an earlier edit in this reply.",
+            e.rel
+        );
     }
     let mut m = format!("`{}` does not exist.", e.rel);
     let others = vfs.same_name_files(&e.rel);
     if !others.is_empty() {
-        m.push_str(&format!(" Did you mean: {}?", others.join(", ")));
+        m.push_str(&format!(" did you mean: {}?", others.join(", ")));
     }
     m.push_str(match format {
         Format::SearchReplace => " To create a new file, use an empty SEARCH section.",
@@ -157,7 +176,17 @@ fn stage(vfs: &mut Vfs, b: &Block, path_out: &mut String) -> Result<Done, StageE
                 Content::Text(s) => s,
             };
             let doc = Doc::parse(&text);
-            let p = patch::apply_hunks(&doc, hunks, b.format, &r.rel).map_err(StageErr::Block)?;
+            let p = patch::apply_hunks(&doc, hunks, b.format, &r.rel).map_err(|m| {
+                if vfs.get(i).orig == Content::Text(text.clone()) {
+                    StageErr::Block(m)
+                } else {
+                    StageErr::Block(format!(
+                        "{m}\n(Line numbers are for `{}` as changed by the earlier edits in \
+                         this reply.)",
+                        r.rel
+                    ))
+                }
+            })?;
             let new_text = p.doc.render();
             let mut message = p.message;
             match move_to {

@@ -30,7 +30,11 @@ pub(crate) fn file_diff(path: &str, old: Option<&str>, new: Option<&str>, mode: 
     } else {
         "/dev/null".to_string()
     };
-    let git_mode = if mode & 0o111 != 0 { "100755" } else { "100644" };
+    let git_mode = if mode & 0o111 != 0 {
+        "100755"
+    } else {
+        "100644"
+    };
     let mut out = format!("diff --git a/{path} b/{path}\n");
     if old.is_none() {
         out.push_str(&format!("new file mode {git_mode}\n"));
@@ -54,7 +58,11 @@ pub(crate) fn file_diff(path: &str, old: Option<&str>, new: Option<&str>, mode: 
 
 /// Header-only diff for a deleted binary file.
 pub(crate) fn binary_deletion(path: &str, mode: u32) -> String {
-    let git_mode = if mode & 0o111 != 0 { "100755" } else { "100644" };
+    let git_mode = if mode & 0o111 != 0 {
+        "100755"
+    } else {
+        "100644"
+    };
     format!(
         "diff --git a/{path} b/{path}\ndeleted file mode {git_mode}\nBinary files a/{path} and /dev/null differ\n"
     )

@@ -1,6 +1,6 @@
 //! Text written for the model: short, exact, with line numbers.
 
-use super::matching::{self, Found, Haystack};
+use super::matching::{self, Haystack, Search};
 use super::parse::{Hunk, HunkLine};
 use super::patch::HunkErr;
 use super::text::strip_cr;
@@ -93,7 +93,11 @@ pub(crate) fn q(s: &str) -> String {
 }
 
 fn line_list(starts: &[usize]) -> String {
-    let mut v: Vec<String> = starts.iter().take(10).map(|s| (s + 1).to_string()).collect();
+    let mut v: Vec<String> = starts
+        .iter()
+        .take(10)
+        .map(|s| (s + 1).to_string())
+        .collect();
     if starts.len() > 10 {
         v.push(format!("... ({} in all)", starts.len()));
     }
@@ -178,11 +182,12 @@ pub(crate) fn hunk_error(
         ),
         HunkErr::AnchorNotFound { anchor } => {
             let mut s = format!("the anchor line `@@ {anchor}` of {label} is not in {path}.");
-            if let Some((st, _, score)) = matching::closest_region(hay.doc, &[anchor.clone()])
+            if let Some((st, _, score)) =
+                matching::closest_region(hay.doc, std::slice::from_ref(anchor))
                 && score >= 0.5
             {
                 s.push_str(&format!(
-                    " Did you mean line {}: {}?",
+                    " did you mean: line {}, {}?",
                     st + 1,
                     q(&hay.doc.lines[st].text)
                 ));
@@ -252,7 +257,7 @@ fn not_found(hay: &Haystack<'_>, h: &Hunk, label: &str, format: Format, path: &s
     let new = h.new_lines();
     if !new.is_empty()
         && new != old
-        && let Found::At { start, .. } = matching::locate(hay, &new, 0..hay.len(), false)
+        && let Search::At { start, .. } = matching::locate(hay, &new, 0..hay.len(), false)
     {
         s.push_str(&format!(
             " Its new text is already at {}: this change may already be applied.",
@@ -261,7 +266,7 @@ fn not_found(hay: &Haystack<'_>, h: &Hunk, label: &str, format: Format, path: &s
     }
     match matching::closest_region(hay.doc, &old) {
         Some((st, len, score)) if score >= 0.4 => {
-            s.push_str(&format!("\nDid you mean {path} {}:\n", span(st, len)));
+            s.push_str(&format!("\ndid you mean: {path} {}\n", span(st, len)));
             s.push_str(show_region(hay, st, len).trim_end_matches('\n'));
         }
         _ => s.push_str(" No similar region found."),
@@ -320,12 +325,13 @@ impl ApplyReport {
                 self.changes.len(),
                 if self.changes.len() == 1 { "" } else { "s" }
             ));
+        } else if failed > 0 && n == 1 {
+            out.push_str("Nothing was changed. Fix the edit and send it again.");
         } else if failed > 0 {
             out.push_str(&format!(
                 "Nothing was changed: edits are applied all together or not at all. Fix the \
-                 FAILED edit{} and send all {n} edit{} again, including those marked ok.",
+                 FAILED edit{} and send all {n} edits again, including those marked ok.",
                 if failed == 1 { "" } else { "s" },
-                if n == 1 { "" } else { "s" }
             ));
         } else {
             out.push_str("Nothing was changed: the files already contain exactly this content.");

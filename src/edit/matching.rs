@@ -37,10 +37,7 @@ pub(crate) fn rank(l: MatchLevel) -> u8 {
 /// Whether a match at this level ignored indentation (so added lines must
 /// be re-indented).
 pub(crate) fn ignores_indentation(l: MatchLevel) -> bool {
-    matches!(
-        l,
-        MatchLevel::Indentation | MatchLevel::UnicodeLookalikes
-    )
+    matches!(l, MatchLevel::Indentation | MatchLevel::UnicodeLookalikes)
 }
 
 fn level_index(l: MatchLevel) -> usize {
@@ -141,9 +138,15 @@ pub(crate) fn find_all(hay: &[String], needle: &[String], range: Range<usize>) -
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Found {
-    At { start: usize, level: MatchLevel },
-    Ambiguous { level: MatchLevel, starts: Vec<usize> },
+pub(crate) enum Search {
+    At {
+        start: usize,
+        level: MatchLevel,
+    },
+    Ambiguous {
+        level: MatchLevel,
+        starts: Vec<usize>,
+    },
     NotFound,
 }
 
@@ -154,7 +157,7 @@ pub(crate) fn locate(
     needle: &[String],
     range: Range<usize>,
     prefer_eof: bool,
-) -> Found {
+) -> Search {
     let len = hay.len();
     for level in LEVELS {
         let n = normalize_all(level, needle);
@@ -172,15 +175,15 @@ pub(crate) fn locate(
         match starts.len() {
             0 => continue,
             1 => {
-                return Found::At {
+                return Search::At {
                     start: starts[0],
                     level,
                 };
             }
-            _ => return Found::Ambiguous { level, starts },
+            _ => return Search::Ambiguous { level, starts },
         }
     }
-    Found::NotFound
+    Search::NotFound
 }
 
 /// Like [`locate`], but scoped to an apply_patch anchor: first inside the
@@ -192,7 +195,7 @@ pub(crate) fn locate_scoped(
     anchor: Option<usize>,
     skip: usize,
     prefer_eof: bool,
-) -> Found {
+) -> Search {
     let len = hay.len();
     match anchor {
         None => locate(hay, needle, 0..len, prefer_eof),
@@ -200,7 +203,7 @@ pub(crate) fn locate_scoped(
             let from = (a + skip).min(len);
             let end = block_end(hay.doc, a).max(from);
             match locate(hay, needle, from..end, prefer_eof) {
-                Found::NotFound => locate(hay, needle, from..len, prefer_eof),
+                Search::NotFound => locate(hay, needle, from..len, prefer_eof),
                 f => f,
             }
         }
@@ -308,7 +311,11 @@ pub(crate) fn closest_region(doc: &Doc, needle: &[String]) -> Option<(usize, usi
         let jac = |a: &std::collections::HashSet<&str>, b: &std::collections::HashSet<&str>| {
             let inter = a.intersection(b).count();
             let uni = a.len() + b.len() - inter;
-            if uni == 0 { 1.0 } else { inter as f32 / uni as f32 }
+            if uni == 0 {
+                1.0
+            } else {
+                inter as f32 / uni as f32
+            }
         };
         let mut pre: Vec<(usize, f32)> = (0..=n - w)
             .map(|s| (s, (0..w).map(|k| jac(&fw[s + k], &nw[k])).sum::<f32>()))

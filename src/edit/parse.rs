@@ -19,7 +19,7 @@ pub(crate) enum HunkLine {
 }
 
 /// A hunk: old lines (context + deleted) to find, replaced by the new lines.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Hunk {
     pub lines: Vec<HunkLine>,
     /// The `@@` line as written (empty for SEARCH/REPLACE).
@@ -91,7 +91,7 @@ impl Hunk {
 }
 
 /// What a block asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// Patch an existing file, optionally moving it afterwards.
     Hunks {
@@ -105,13 +105,15 @@ pub(crate) enum Kind {
         executable: bool,
     },
     /// Replace the whole content (or create).
-    Replace { lines: Vec<String> },
+    Replace {
+        lines: Vec<String>,
+    },
     Delete,
     /// Recognised as an edit but unusable; the reason is for the model.
     Malformed(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Block {
     pub format: Format,
     /// Path candidates, preferred first (e.g. `x` then `a/x` for `--- a/x`).
@@ -169,6 +171,12 @@ impl<'a> Scanner<'a> {
             }
             let tt = t.trim();
             if tt == "*** Begin Patch" {
+                i = self.apply_patch(i + 1);
+            } else if t.starts_with("*** Update File:")
+                || t.starts_with("*** Add File:")
+                || t.starts_with("*** Delete File:")
+            {
+                // Tolerated: an envelope whose `*** Begin Patch` was left out.
                 i = self.apply_patch(i);
             } else if is_sr_start(t) {
                 i = self.search_replace(i);
@@ -206,6 +214,7 @@ impl<'a> Scanner<'a> {
             self.fence_path = attached;
             return i + 1;
         }
+        let attached = attached.filter(|p| !is_shell_session(info_word, p));
         let Some(path) = attached else {
             // A plain code block: not an edit.
             return simple_end.map_or(self.lines.len(), |e| e + 1);
@@ -433,7 +442,6 @@ impl<'a> Scanner<'a> {
         if is_new {
             if let Some(p) = &new_p {
                 push(strip_ab(p).to_string());
-                push(p.clone());
             }
         } else if is_del {
             if let Some(p) = &old_p {
@@ -628,9 +636,10 @@ impl<'a> Scanner<'a> {
 
     // ----- apply_patch envelope ---------------------------------------------
 
+    /// Parses envelope content from line `start` (after `*** Begin Patch`).
     fn apply_patch(&mut self, start: usize) -> usize {
         let n = self.lines.len();
-        let mut i = start + 1;
+        let mut i = start;
         while i < n {
             let t = self.t(i).trim_end();
             if t.trim() == "*** End Patch" {
@@ -759,6 +768,29 @@ enum Lookback {
     /// The previous SEARCH/REPLACE block ends right before: same file.
     Previous,
     Nothing,
+}
+
+/// A ```` ```bash ```` block under `setup.py` shows commands, not the file.
+fn is_shell_session(info_word: &str, path: &str) -> bool {
+    let lang = info_word.to_ascii_lowercase();
+    let shell = matches!(
+        lang.as_str(),
+        "bash"
+            | "sh"
+            | "shell"
+            | "console"
+            | "zsh"
+            | "terminal"
+            | "shell-session"
+            | "powershell"
+            | "cmd"
+    );
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let script = matches!(
+        ext.as_deref(),
+        None | Some("sh" | "bash" | "zsh" | "ps1" | "cmd" | "bat" | "env" | "bashrc" | "zshrc")
+    );
+    shell && !script
 }
 
 struct Fence<'a> {
@@ -954,11 +986,16 @@ pub(crate) fn path_from_line(t: &str, allow_bare_names: bool) -> Option<String> 
 /// Right before a SEARCH block the position says "path": accept any single
 /// token made of path characters (e.g. `Makefile`, `f`).
 fn bare_token_path(t: &str) -> Option<String> {
-    let s = t.trim().trim_end_matches(':').trim_matches('`').trim_matches('*');
+    let s = t
+        .trim()
+        .trim_end_matches(':')
+        .trim_matches('`')
+        .trim_matches('*');
     let ok = !s.is_empty()
         && !s.starts_with('-')
         && s.chars().any(char::is_alphabetic)
-        && s.chars().all(|c| c.is_alphanumeric() || "._-/+@~=,%\\".contains(c));
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || "._-/+@~=,%\\".contains(c));
     ok.then(|| s.to_string())
 }
 

@@ -7,7 +7,7 @@
 //! when the match ignored indentation, are re-indented by the delta between
 //! the hunk's first non-blank old line and the file line it matched.
 
-use super::matching::{self, Found, Haystack};
+use super::matching::{self, Haystack, Search};
 use super::parse::{Hunk, HunkLine};
 use super::text::{Doc, Line, indent_of, indent_width, strip_cr};
 use super::{Format, MatchLevel, feedback};
@@ -16,11 +16,22 @@ use super::{Format, MatchLevel, feedback};
 #[derive(Debug, Clone)]
 pub(crate) enum HunkErr {
     NotFound,
-    Ambiguous { level: MatchLevel, starts: Vec<usize> },
-    AlreadyApplied { at: usize, len: usize },
+    Ambiguous {
+        level: MatchLevel,
+        starts: Vec<usize>,
+    },
+    AlreadyApplied {
+        at: usize,
+        len: usize,
+    },
     NoContext,
-    AnchorNotFound { anchor: String },
-    AnchorAmbiguous { anchor: String, starts: Vec<usize> },
+    AnchorNotFound {
+        anchor: String,
+    },
+    AnchorAmbiguous {
+        anchor: String,
+        starts: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +190,13 @@ fn post_image_present(hay: &Haystack<'_>, hunks: &[Hunk]) -> Option<Vec<usize>> 
         if !region.iter().zip(&new).all(|(f, n)| f.text == strip_cr(n)) {
             return None;
         }
+        // A `\ No newline at end of file` marker makes the final-newline
+        // state part of the post-image.
+        if (h.old_no_eol || h.new_no_eol)
+            && (s + new.len() != file.len() || hay.doc.final_newline == h.new_no_eol)
+        {
+            return None;
+        }
         at.push(start);
     }
     (!at.is_empty()).then_some(at)
@@ -191,14 +209,14 @@ fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Pla
     let mut anchor: Option<usize> = None;
     for a in &h.anchors {
         match matching::locate_scoped(hay, std::slice::from_ref(a), anchor, 1, false) {
-            Found::At { start, .. } => anchor = Some(start),
-            Found::Ambiguous { starts, .. } => {
+            Search::At { start, .. } => anchor = Some(start),
+            Search::Ambiguous { starts, .. } => {
                 return Err(HunkErr::AnchorAmbiguous {
                     anchor: a.clone(),
                     starts,
                 });
             }
-            Found::NotFound => return Err(HunkErr::AnchorNotFound { anchor: a.clone() }),
+            Search::NotFound => return Err(HunkErr::AnchorNotFound { anchor: a.clone() }),
         }
     }
     let old = h.old_lines();
@@ -226,9 +244,9 @@ fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Pla
         });
     }
     let (start, level) = match matching::locate_scoped(hay, &old, anchor, 0, h.eof) {
-        Found::At { start, level } => (start, level),
-        Found::Ambiguous { level, starts } => return Err(HunkErr::Ambiguous { level, starts }),
-        Found::NotFound => return Err(HunkErr::NotFound),
+        Search::At { start, level } => (start, level),
+        Search::Ambiguous { level, starts } => return Err(HunkErr::Ambiguous { level, starts }),
+        Search::NotFound => return Err(HunkErr::NotFound),
     };
     // A hunk whose old text sits inside an occurrence of its own new text
     // has most likely been applied already; applying it again would corrupt.

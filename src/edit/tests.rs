@@ -95,7 +95,10 @@ fn git_diff_exact() {
             kind: ChangeKind::Modified
         }]
     );
-    assert!(r.diff.starts_with("diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n"));
+    assert!(
+        r.diff
+            .starts_with("diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n")
+    );
     assert!(r.diff.contains("+        data = f.read()\n"));
 }
 
@@ -129,7 +132,10 @@ fn headerless_hunk_in_fence_with_path() {
     let r = run(&d, "a.txt\n```diff\n@@\n-one\n+uno\n two\n```\n");
     ok(&r);
     assert_eq!(read(&d, "a.txt"), "uno\ntwo\n");
-    let r = run(&d, "```diff a.txt\n@@ -1,2 +1,2 @@\n uno\n-two\n+dos\n```\n");
+    let r = run(
+        &d,
+        "```diff a.txt\n@@ -1,2 +1,2 @@\n uno\n-two\n+dos\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "a.txt"), "uno\ndos\n");
 }
@@ -157,10 +163,17 @@ fn diff_create_delete_rename() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let m = fs::metadata(d.path().join("new/dir/n.sh")).unwrap().permissions().mode();
+        let m = fs::metadata(d.path().join("new/dir/n.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(m & 0o777, 0o755);
     }
-    let kinds: Vec<_> = r.changes.iter().map(|c| (c.path.to_string_lossy().into_owned(), c.kind)).collect();
+    let kinds: Vec<_> = r
+        .changes
+        .iter()
+        .map(|c| (c.path.to_string_lossy().into_owned(), c.kind))
+        .collect();
     assert!(kinds.contains(&("new/dir/n.sh".into(), ChangeKind::Created)));
     assert!(kinds.contains(&("old.txt".into(), ChangeKind::Deleted)));
     assert!(kinds.contains(&("src/m.rs".into(), ChangeKind::Deleted)));
@@ -187,7 +200,8 @@ fn out_of_order_hunks() {
     ok(&r);
     assert_eq!(
         read(&d, "f.txt"),
-        text.replace("line 21\n", "LINE 21\n").replace("line 3\n", "LINE 3\n")
+        text.replace("line 21\n", "LINE 21\n")
+            .replace("line 3\n", "LINE 3\n")
     );
 }
 
@@ -208,7 +222,10 @@ fn overlapping_hunks_are_an_error() {
 fn ambiguity_names_candidate_lines() {
     let text = "fn a() {\n    x += 1;\n}\nfn b() {\n    x += 1;\n}\n";
     let d = repo(&[("f.rs", text)]);
-    let r = run(&d, "--- a/f.rs\n+++ b/f.rs\n@@ -2 +2 @@\n-    x += 1;\n+    x += 2;\n");
+    let r = run(
+        &d,
+        "--- a/f.rs\n+++ b/f.rs\n@@ -2 +2 @@\n-    x += 1;\n+    x += 2;\n",
+    );
     rejected(&r);
     let m = &r.blocks[0].message;
     assert!(m.contains("matches 2 places"), "{m}");
@@ -221,12 +238,18 @@ fn ambiguity_is_decided_at_first_level_with_a_match() {
     // Exact matches once; a looser level would match twice: exact wins.
     let text = "  x\nx\n";
     let d = repo(&[("f", text)]);
-    let r = run(&d, "f\n```\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "f\n```\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "f"), "  x\ny\n");
     // No exact match, two at the indentation level: ambiguous.
     let d = repo(&[("f", "  x\n    x\n")]);
-    let r = run(&d, "f\n```\n<<<<<<< SEARCH\n x\n=======\n y\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "f\n```\n<<<<<<< SEARCH\n x\n=======\n y\n>>>>>>> REPLACE\n```\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("(ignoring indentation)"));
     assert!(r.blocks[0].message.contains("lines 1, 2"));
@@ -235,10 +258,16 @@ fn ambiguity_is_decided_at_first_level_with_a_match() {
 #[test]
 fn no_newline_markers_are_honoured() {
     let d = repo(&[("f", "a\nb")]);
-    let r = run(&d, "--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+b\n");
+    let r = run(
+        &d,
+        "--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+b\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "f"), "a\nb\n");
-    let r = run(&d, "--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n\\ No newline at end of file\n");
+    let r = run(
+        &d,
+        "--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n\\ No newline at end of file\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "f"), "a\nc");
 }
@@ -278,7 +307,10 @@ fn pure_insertion_without_context() {
 #[test]
 fn deleted_line_that_looks_like_a_header() {
     let d = repo(&[("f.sql", "-- a\nselect 1;\n")]);
-    let r = run(&d, "--- a/f.sql\n+++ b/f.sql\n@@ -1,2 +1,2 @@\n--- a\n+++ b\n select 1;\n");
+    let r = run(
+        &d,
+        "--- a/f.sql\n+++ b/f.sql\n@@ -1,2 +1,2 @@\n--- a\n+++ b\n select 1;\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "f.sql"), "++ b\nselect 1;\n");
 }
@@ -297,7 +329,10 @@ fn level_trailing_whitespace_keeps_file_context() {
 #[test]
 fn level_line_endings_preserves_crlf() {
     let d = repo(&[("w.txt", "one\r\ntwo\r\nthree\r\n")]);
-    let r = run(&d, "--- a/w.txt\n+++ b/w.txt\n@@\n one\n-two\n+2\n+2b\n three\n");
+    let r = run(
+        &d,
+        "--- a/w.txt\n+++ b/w.txt\n@@\n one\n-two\n+2\n+2b\n three\n",
+    );
     ok(&r);
     assert_eq!(r.blocks[0].level, Some(MatchLevel::LineEndings));
     assert_eq!(read(&d, "w.txt"), "one\r\n2\r\n2b\r\nthree\r\n");
@@ -310,7 +345,8 @@ fn level_line_endings_preserves_crlf() {
 
 #[test]
 fn level_indentation_reindents_new_lines() {
-    let text = "class A:\n    def f(self):\n        if x:\n            return 1\n        return 2\n";
+    let text =
+        "class A:\n    def f(self):\n        if x:\n            return 1\n        return 2\n";
     let d = repo(&[("a.py", text)]);
     let reply = "a.py\n```python\n<<<<<<< SEARCH\nif x:\n    return 1\n=======\nif x:\n    log()\n    return 1\nelse:\n  pass\n>>>>>>> REPLACE\n```\n";
     let r = run(&d, reply);
@@ -329,18 +365,27 @@ fn level_indentation_tabs() {
     let r = run(&d, reply);
     ok(&r);
     assert_eq!(r.blocks[0].level, Some(MatchLevel::Indentation));
-    assert_eq!(read(&d, "m.go"), "func f() {\n\tif x {\n\t\ty()\n\t\tz()\n\t}\n}\n");
+    assert_eq!(
+        read(&d, "m.go"),
+        "func f() {\n\tif x {\n\t\ty()\n\t\tz()\n\t}\n}\n"
+    );
 }
 
 #[test]
 fn level_unicode_lookalikes() {
-    let d = repo(&[("t.md", "He said \u{201C}hi\u{201D} \u{2014} ok\nnext\u{00A0}line\n")]);
+    let d = repo(&[(
+        "t.md",
+        "He said \u{201C}hi\u{201D} \u{2014} ok\nnext\u{00A0}line\n",
+    )]);
     let reply = "t.md\n```\n<<<<<<< SEARCH\nHe said \"hi\" - ok\nnext line\n=======\nHe said \"hello\" - ok\nnext line\n>>>>>>> REPLACE\n```\n";
     let r = run(&d, reply);
     ok(&r);
     assert_eq!(r.blocks[0].level, Some(MatchLevel::UnicodeLookalikes));
     // The unchanged line keeps its non-breaking space.
-    assert_eq!(read(&d, "t.md"), "He said \"hello\" - ok\nnext\u{00A0}line\n");
+    assert_eq!(
+        read(&d, "t.md"),
+        "He said \"hello\" - ok\nnext\u{00A0}line\n"
+    );
 }
 
 #[test]
@@ -377,7 +422,10 @@ fn search_replace_path_variants() {
     let r = run(&d, reply);
     ok(&r);
     assert_eq!(read(&d, "src/a.rs"), "let x = 3;\n");
-    let r = run(&d, "**src/a.rs**\n```\n<<<<<<< ORIGINAL\nlet x = 3;\n=======\nlet x = 4;\n>>>>>>> UPDATED\n```\n");
+    let r = run(
+        &d,
+        "**src/a.rs**\n```\n<<<<<<< ORIGINAL\nlet x = 3;\n=======\nlet x = 4;\n>>>>>>> UPDATED\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "src/a.rs"), "let x = 4;\n");
 }
@@ -385,11 +433,17 @@ fn search_replace_path_variants() {
 #[test]
 fn search_replace_create_and_refuse_empty_search_on_existing() {
     let d = repo(&[("a.txt", "content\n")]);
-    let r = run(&d, "docs/new.md\n```\n<<<<<<< SEARCH\n=======\n# Title\n\ntext\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "docs/new.md\n```\n<<<<<<< SEARCH\n=======\n# Title\n\ntext\n>>>>>>> REPLACE\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "docs/new.md"), "# Title\n\ntext\n");
     assert_eq!(r.changes[0].kind, ChangeKind::Created);
-    let r = run(&d, "a.txt\n```\n<<<<<<< SEARCH\n=======\nnew\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "a.txt\n```\n<<<<<<< SEARCH\n=======\nnew\n>>>>>>> REPLACE\n```\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("already exists"));
     assert_eq!(read(&d, "a.txt"), "content\n");
@@ -398,7 +452,10 @@ fn search_replace_create_and_refuse_empty_search_on_existing() {
 #[test]
 fn search_replace_without_path_or_end_is_malformed() {
     let d = repo(&[("a.txt", "x\n")]);
-    let r = run(&d, "Do this:\n\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n");
+    let r = run(
+        &d,
+        "Do this:\n\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("no file path"));
     let r = run(&d, "a.txt\n<<<<<<< SEARCH\nx\n=======\ny\n");
@@ -414,23 +471,38 @@ fn feedback_names_unmatched_line_and_closest_region() {
     rejected(&r);
     let m = &r.blocks[0].message;
     assert!(m.contains("was not found in app.py"), "{m}");
-    assert!(m.contains("SEARCH line 2 `    with open(path, 'wb') as f:`"), "{m}");
-    assert!(m.contains("differs from line 8: `    with open(path, 'w') as f:`"), "{m}");
-    assert!(m.contains("Did you mean app.py lines 7-9:"), "{m}");
+    assert!(
+        m.contains("SEARCH line 2 `    with open(path, 'wb') as f:`"),
+        "{m}"
+    );
+    assert!(
+        m.contains("differs from line 8: `    with open(path, 'w') as f:`"),
+        "{m}"
+    );
+    assert!(m.contains("did you mean: app.py lines 7-9\n"), "{m}");
     assert!(m.contains("8 |     with open(path, 'w') as f:"), "{m}");
     let fb = r.feedback();
-    assert!(fb.contains("Edit 1 (SEARCH/REPLACE, app.py): FAILED:"), "{fb}");
+    assert!(
+        fb.contains("Edit 1 (SEARCH/REPLACE, app.py): FAILED:"),
+        "{fb}"
+    );
     assert!(fb.contains("Nothing was changed"), "{fb}");
 }
 
 #[test]
 fn feedback_first_line_nowhere() {
     let d = repo(&[("f.txt", "alpha\nbeta\ngamma\n")]);
-    let r = run(&d, "--- a/f.txt\n+++ b/f.txt\n@@ -1,2 +1,2 @@\n zeta\n-beta\n+BETA\n");
+    let r = run(
+        &d,
+        "--- a/f.txt\n+++ b/f.txt\n@@ -1,2 +1,2 @@\n zeta\n-beta\n+BETA\n",
+    );
     rejected(&r);
     let m = &r.blocks[0].message;
     assert!(m.contains("`@@ -1,2 +1,2 @@`"), "{m}");
-    assert!(m.contains("hunk line 1 `zeta`, is nowhere in the file"), "{m}");
+    assert!(
+        m.contains("hunk line 1 `zeta`, is nowhere in the file"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -441,7 +513,11 @@ fn already_applied_is_detected() {
     assert_eq!(read(&d, "f"), "a\nadded\nb\n");
     let r = run(&d, reply);
     rejected(&r);
-    assert!(r.blocks[0].message.contains("already applied"), "{}", r.blocks[0].message);
+    assert!(
+        r.blocks[0].message.contains("already applied"),
+        "{}",
+        r.blocks[0].message
+    );
     assert_eq!(read(&d, "f"), "a\nadded\nb\n");
     // Replaced text: the hint says the new text is already there.
     let reply = "f\n```\n<<<<<<< SEARCH\nadded\n=======\nchanged\n>>>>>>> REPLACE\n```\n";
@@ -456,7 +532,10 @@ fn already_applied_is_detected() {
 #[test]
 fn apply_patch_envelope() {
     let d = repo(&[
-        ("src/lib.py", "class A:\n    def f(self):\n        return 1\n\nclass B:\n    def f(self):\n        return 1\n"),
+        (
+            "src/lib.py",
+            "class A:\n    def f(self):\n        return 1\n\nclass B:\n    def f(self):\n        return 1\n",
+        ),
         ("gone.txt", "x\n"),
         ("mv.txt", "m1\nm2\n"),
     ]);
@@ -486,7 +565,10 @@ fn apply_patch_anchor_scopes_the_match() {
         "def a():\n    x = 1\n    return x\n\ndef b():\n    x = 2\n    return x\n"
     );
     // Without the anchor it is ambiguous.
-    let r = run(&d, "*** Begin Patch\n*** Update File: m.py\n@@\n-    return x\n+    return -x\n*** End Patch\n");
+    let r = run(
+        &d,
+        "*** Begin Patch\n*** Update File: m.py\n@@\n-    return x\n+    return -x\n*** End Patch\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("lines 3, 7"));
 }
@@ -494,13 +576,22 @@ fn apply_patch_anchor_scopes_the_match() {
 #[test]
 fn apply_patch_anchor_not_found_and_pure_additions() {
     let d = repo(&[("m.py", "def a():\n    pass\n")]);
-    let r = run(&d, "*** Begin Patch\n*** Update File: m.py\n@@ def zz():\n-    pass\n+    return\n*** End Patch\n");
+    let r = run(
+        &d,
+        "*** Begin Patch\n*** Update File: m.py\n@@ def zz():\n-    pass\n+    return\n*** End Patch\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("anchor line `@@ def zz():`"));
     // Pure addition after the anchor line, and one at the end of the file.
-    let r = run(&d, "*** Begin Patch\n*** Update File: m.py\n@@ def a():\n+    \"\"\"Doc.\"\"\"\n@@\n+\n+def b():\n+    pass\n*** End Patch\n");
+    let r = run(
+        &d,
+        "*** Begin Patch\n*** Update File: m.py\n@@ def a():\n+    \"\"\"Doc.\"\"\"\n@@\n+\n+def b():\n+    pass\n*** End Patch\n",
+    );
     ok(&r);
-    assert_eq!(read(&d, "m.py"), "def a():\n    \"\"\"Doc.\"\"\"\n    pass\n\ndef b():\n    pass\n");
+    assert_eq!(
+        read(&d, "m.py"),
+        "def a():\n    \"\"\"Doc.\"\"\"\n    pass\n\ndef b():\n    pass\n"
+    );
 }
 
 #[test]
@@ -509,7 +600,10 @@ fn apply_patch_add_existing_and_end_of_file() {
     let r = run(&d, "*** Begin Patch\n*** Add File: f\n+z\n*** End Patch\n");
     rejected(&r);
     assert!(r.blocks[0].message.contains("Update File"));
-    let r = run(&d, "*** Begin Patch\n*** Update File: f\n@@\n-x\n+X\n*** End of File\n*** End Patch\n");
+    let r = run(
+        &d,
+        "*** Begin Patch\n*** Update File: f\n@@\n-x\n+X\n*** End of File\n*** End Patch\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "f"), "x\ny\nX\n");
 }
@@ -518,13 +612,27 @@ fn apply_patch_add_existing_and_end_of_file() {
 
 #[test]
 fn whole_file_path_forms() {
-    let d = repo(&[("a.py", "old\n"), ("b/c.py", "old\n"), ("d.rs", "old\n"), ("e.rs", "old\n")]);
+    let d = repo(&[
+        ("a.py", "old\n"),
+        ("b/c.py", "old\n"),
+        ("d.rs", "old\n"),
+        ("e.rs", "old\n"),
+    ]);
     let reply = "a.py\n```python\nnew a\n```\n\n**b/c.py**\n```python\nnew c\n```\n\n```rust d.rs\nnew d\n```\n\n```e.rs\nnew e\n```\n\nAnd a plain example:\n```\nnot an edit\n```\n";
     let r = run(&d, reply);
     ok(&r);
     assert_eq!(r.blocks.len(), 4);
-    assert!(r.blocks.iter().all(|b| b.format == Format::WholeFile && b.level.is_none()));
-    for (p, c) in [("a.py", "new a\n"), ("b/c.py", "new c\n"), ("d.rs", "new d\n"), ("e.rs", "new e\n")] {
+    assert!(
+        r.blocks
+            .iter()
+            .all(|b| b.format == Format::WholeFile && b.level.is_none())
+    );
+    for (p, c) in [
+        ("a.py", "new a\n"),
+        ("b/c.py", "new c\n"),
+        ("d.rs", "new d\n"),
+        ("e.rs", "new e\n"),
+    ] {
         assert_eq!(read(&d, p), c);
     }
 }
@@ -532,7 +640,10 @@ fn whole_file_path_forms() {
 #[test]
 fn whole_file_new_and_preserved_endings() {
     let d = repo(&[("w.txt", "a\r\nb\r\n"), ("n.txt", "a\nb")]);
-    let r = run(&d, "w.txt\n```\nx\ny\n```\nn.txt\n```\nx\ny\n```\nnew/f.txt\n```\nz\n```\n");
+    let r = run(
+        &d,
+        "w.txt\n```\nx\ny\n```\nn.txt\n```\nx\ny\n```\nnew/f.txt\n```\nz\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "w.txt"), "x\r\ny\r\n");
     assert_eq!(read(&d, "n.txt"), "x\ny");
@@ -542,15 +653,24 @@ fn whole_file_new_and_preserved_endings() {
 #[test]
 fn whole_file_markdown_with_nested_fences() {
     let d = repo(&[("README.md", "# Old\n")]);
-    let r = run(&d, "README.md\n```markdown\n# New\n\n```bash\nmake\n```\n\nend\n```\n");
+    let r = run(
+        &d,
+        "README.md\n```markdown\n# New\n\n```bash\nmake\n```\n\nend\n```\n",
+    );
     ok(&r);
-    assert_eq!(read(&d, "README.md"), "# New\n\n```bash\nmake\n```\n\nend\n");
+    assert_eq!(
+        read(&d, "README.md"),
+        "# New\n\n```bash\nmake\n```\n\nend\n"
+    );
 }
 
 #[test]
 fn whole_file_elision_and_unclosed_are_refused() {
     let d = repo(&[("a.js", "function a() {}\nfunction b() {}\n")]);
-    let r = run(&d, "a.js\n```js\nfunction a() { return 1; }\n// ... rest of the code unchanged ...\n```\n");
+    let r = run(
+        &d,
+        "a.js\n```js\nfunction a() { return 1; }\n// ... rest of the code unchanged ...\n```\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("elision"));
     let r = run(&d, "a.js\n```js\nfunction a() {}\n");
@@ -562,7 +682,10 @@ fn whole_file_elision_and_unclosed_are_refused() {
 #[test]
 fn no_edits_found() {
     let d = repo(&[("a.txt", "x\n")]);
-    let r = run(&d, "I think the bug is in `a.txt`. Example:\n\n```python\nprint('hi')\n```\n");
+    let r = run(
+        &d,
+        "I think the bug is in `a.txt`. Example:\n\n```python\nprint('hi')\n```\n",
+    );
     assert!(r.found_no_edits());
     assert!(!r.applied);
     assert!(r.feedback().contains("No edits found"));
@@ -572,20 +695,33 @@ fn no_edits_found() {
 
 #[test]
 fn mixed_formats_in_one_reply() {
-    let d = repo(&[("a.txt", "1\n2\n"), ("b.txt", "b\n"), ("c.txt", "c\n"), ("d.txt", "d\n")]);
+    let d = repo(&[
+        ("a.txt", "1\n2\n"),
+        ("b.txt", "b\n"),
+        ("c.txt", "c\n"),
+        ("d.txt", "d\n"),
+    ]);
     let reply = "First:\n```diff\n--- a/a.txt\n+++ b/a.txt\n@@\n 1\n-2\n+two\n```\nThen:\nb.txt\n```\n<<<<<<< SEARCH\nb\n=======\nB\n>>>>>>> REPLACE\n```\n*** Begin Patch\n*** Update File: c.txt\n@@\n-c\n+C\n*** End Patch\n\nd.txt\n```\nD\n```\n";
     let r = run(&d, reply);
     ok(&r);
     let formats: Vec<Format> = r.blocks.iter().map(|b| b.format).collect();
     assert_eq!(
         formats,
-        vec![Format::UnifiedDiff, Format::SearchReplace, Format::ApplyPatch, Format::WholeFile]
+        vec![
+            Format::UnifiedDiff,
+            Format::SearchReplace,
+            Format::ApplyPatch,
+            Format::WholeFile
+        ]
     );
     assert_eq!(read(&d, "a.txt"), "1\ntwo\n");
     assert_eq!(read(&d, "b.txt"), "B\n");
     assert_eq!(read(&d, "c.txt"), "C\n");
     assert_eq!(read(&d, "d.txt"), "D\n");
-    assert!(r.feedback().contains("All 4 edits applied (4 files changed)."));
+    assert!(
+        r.feedback()
+            .contains("All 4 edits applied (4 files changed).")
+    );
 }
 
 #[test]
@@ -598,7 +734,10 @@ fn all_or_nothing_across_files() {
     assert!(r.blocks[0].applied && r.blocks[1].applied && !r.blocks[2].applied);
     assert_eq!(snapshot(d.path()), before);
     let fb = r.feedback();
-    assert!(fb.contains("ok, not applied") && fb.contains("FAILED"), "{fb}");
+    assert!(
+        fb.contains("ok, not applied") && fb.contains("FAILED"),
+        "{fb}"
+    );
 }
 
 #[test]
@@ -611,7 +750,11 @@ fn rollback_when_a_rename_fails_midway() {
         let err = apply(d.path(), reply, &PathPolicy::default(), false);
         vfs::FAIL_STEP.with(|f| f.set(None));
         let err = err.expect_err("injected failure must surface");
-        assert!(err.to_string().contains("every file already written was restored"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("every file already written was restored"),
+            "{err}"
+        );
         assert_eq!(snapshot(d.path()), before, "step {step}");
     }
     ok(&run(&d, reply));
@@ -622,7 +765,8 @@ fn rollback_when_a_rename_fails_midway() {
 fn dry_run_writes_nothing() {
     let d = repo(&[("a.txt", "a\n")]);
     let before = snapshot(d.path());
-    let reply = "a.txt\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```\nn/new.txt\n```\nx\n```\n";
+    let reply =
+        "a.txt\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```\nn/new.txt\n```\nx\n```\n";
     let r = apply(d.path(), reply, &PathPolicy::default(), true).unwrap();
     ok(&r);
     assert_eq!(r.changes.len(), 2);
@@ -635,7 +779,10 @@ fn no_change_is_not_applied() {
     let d = repo(&[("a.txt", "a\n")]);
     let r = run(&d, "a.txt\n```\na\n```\n");
     assert!(!r.applied && r.blocks[0].applied);
-    assert!(r.feedback().contains("already contain exactly this content"));
+    assert!(
+        r.feedback()
+            .contains("already contain exactly this content")
+    );
 }
 
 #[test]
@@ -671,7 +818,8 @@ fn symlinks_out_of_the_root_are_refused() {
     let outside = repo(&[("secret.txt", "s\n")]);
     let d = repo(&[("in.txt", "i\n")]);
     std::os::unix::fs::symlink(outside.path(), d.path().join("outdir")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret.txt"), d.path().join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), d.path().join("link.txt"))
+        .unwrap();
     std::os::unix::fs::symlink(d.path().join("in.txt"), d.path().join("inlink.txt")).unwrap();
     for reply in [
         "outdir/secret.txt\n```\nhacked\n```\n",
@@ -680,25 +828,43 @@ fn symlinks_out_of_the_root_are_refused() {
     ] {
         let r = run(&d, reply);
         rejected(&r);
-        assert!(r.blocks[0].message.contains("outside the repository"), "{}", r.blocks[0].message);
+        assert!(
+            r.blocks[0].message.contains("outside the repository"),
+            "{}",
+            r.blocks[0].message
+        );
     }
     assert_eq!(read(&outside, "secret.txt"), "s\n");
     assert!(!outside.path().join("new.txt").exists());
     // A symlink inside the root edits its target.
-    let r = run(&d, "inlink.txt\n```\n<<<<<<< SEARCH\ni\n=======\nI\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "inlink.txt\n```\n<<<<<<< SEARCH\ni\n=======\nI\n>>>>>>> REPLACE\n```\n",
+    );
     ok(&r);
     assert_eq!(r.blocks[0].path, "in.txt");
     assert_eq!(read(&d, "in.txt"), "I\n");
-    assert!(fs::symlink_metadata(d.path().join("inlink.txt")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(d.path().join("inlink.txt"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
 fn git_and_workflows_are_protected() {
-    let d = repo(&[(".git/config", "[core]\n"), (".github/workflows/ci.yml", "on: push\n")]);
+    let d = repo(&[
+        (".git/config", "[core]\n"),
+        (".github/workflows/ci.yml", "on: push\n"),
+    ]);
     let r = run(&d, ".git/config\n```\nevil\n```\n");
     rejected(&r);
     assert!(r.blocks[0].message.contains(".git/"));
-    let r = run(&d, "--- a/.github/workflows/ci.yml\n+++ b/.github/workflows/ci.yml\n@@\n-on: push\n+on: pull_request\n");
+    let r = run(
+        &d,
+        "--- a/.github/workflows/ci.yml\n+++ b/.github/workflows/ci.yml\n@@\n-on: push\n+on: pull_request\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains(".github/workflows/"));
     let open = PathPolicy {
@@ -714,7 +880,10 @@ fn binary_files_are_not_edited() {
     let d = repo(&[]);
     fs::write(d.path().join("img.bin"), b"ab\0cd\n").unwrap();
     fs::write(d.path().join("latin1.txt"), b"caf\xe9\n").unwrap();
-    let r = run(&d, "img.bin\n```\n<<<<<<< SEARCH\nab\n=======\nxy\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "img.bin\n```\n<<<<<<< SEARCH\nab\n=======\nxy\n>>>>>>> REPLACE\n```\n",
+    );
     rejected(&r);
     assert!(r.blocks[0].message.contains("binary"));
     let r = run(&d, "latin1.txt\n```\ncafe\n```\n");
@@ -730,24 +899,42 @@ fn file_mode_and_bom_are_preserved() {
     let d = repo(&[("run.sh", "\u{feff}#!/bin/sh\necho a\n")]);
     let p = d.path().join("run.sh");
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-    let r = run(&d, "run.sh\n```\n<<<<<<< SEARCH\n#!/bin/sh\necho a\n=======\n#!/bin/sh\necho b\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "run.sh\n```\n<<<<<<< SEARCH\n#!/bin/sh\necho a\n=======\n#!/bin/sh\necho b\n>>>>>>> REPLACE\n```\n",
+    );
     ok(&r);
     assert_eq!(read(&d, "run.sh"), "\u{feff}#!/bin/sh\necho b\n");
-    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
 }
 
 #[test]
 fn missing_file_suggests_same_name() {
     let d = repo(&[("src/deep/util.rs", "x\n")]);
-    let r = run(&d, "util.rs\n```\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "util.rs\n```\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n```\n",
+    );
     rejected(&r);
-    assert!(r.blocks[0].message.contains("Did you mean: src/deep/util.rs?"), "{}", r.blocks[0].message);
+    assert!(
+        r.blocks[0]
+            .message
+            .contains("did you mean: src/deep/util.rs?"),
+        "{}",
+        r.blocks[0].message
+    );
 }
 
 #[test]
 fn report_serializes() {
     let d = repo(&[("a.txt", "a\n")]);
-    let r = run(&d, "a.txt\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```\n");
+    let r = run(
+        &d,
+        "a.txt\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```\n",
+    );
     let json = serde_json::to_string(&r).unwrap();
     assert!(json.contains("\"format\":\"search_replace\""));
     assert!(json.contains("\"level\":\"exact\""));
@@ -764,5 +951,85 @@ fn canonical_diff_shapes() {
         "diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n"
     );
     let c = canonical_file_diff("n", None, Some("x\n"));
-    assert!(c.contains("new file mode 100644\n--- /dev/null\n+++ b/n\n@@ -0,0 +1 @@\n+x\n"), "{c}");
+    assert!(
+        c.contains("new file mode 100644\n--- /dev/null\n+++ b/n\n@@ -0,0 +1 @@\n+x\n"),
+        "{c}"
+    );
+}
+
+#[test]
+fn apply_patch_without_begin_line_is_tolerated() {
+    let d = repo(&[("f.txt", "a\nb\n")]);
+    let r = run(
+        &d,
+        "*** Update File: f.txt\n@@\n a\n-b\n+B\n*** End Patch\n",
+    );
+    ok(&r);
+    assert_eq!(r.blocks[0].format, Format::ApplyPatch);
+    assert_eq!(read(&d, "f.txt"), "a\nB\n");
+}
+
+#[test]
+fn repeated_identical_block_is_applied_once() {
+    let d = repo(&[("f.txt", "a\nb\n")]);
+    let block = "f.txt\n```\n<<<<<<< SEARCH\nb\n=======\nb\nc\n>>>>>>> REPLACE\n```\n";
+    let r = run(&d, &format!("{block}\nAgain:\n{block}"));
+    ok(&r);
+    assert_eq!(r.blocks.len(), 2);
+    assert!(r.blocks[1].message.contains("same as edit 1"));
+    assert_eq!(read(&d, "f.txt"), "a\nb\nc\n");
+}
+
+#[test]
+fn reapplied_diff_is_rejected_as_already_applied() {
+    let a = "1\n2\n3\n4\n5\n6\n7\n8\n";
+    let b = "1\n2\n3\n4\nfour and a half\n5\n6\n7\n8\n";
+    let d = repo(&[("n.txt", a)]);
+    let diff = canonical_diff("n.txt", a, b);
+    ok(&run(&d, &diff));
+    let r = run(&d, &diff);
+    rejected(&r);
+    assert!(
+        r.blocks[0].message.contains("looks already applied"),
+        "{}",
+        r.blocks[0].message
+    );
+    assert_eq!(read(&d, "n.txt"), b);
+}
+
+#[test]
+fn failure_after_earlier_edit_says_line_numbers_are_for_changed_file() {
+    let d = repo(&[("f.txt", "a\nb\nc\n")]);
+    let reply = "f.txt\n```\n<<<<<<< SEARCH\na\n=======\nA\n>>>>>>> REPLACE\n```\nf.txt\n```\n<<<<<<< SEARCH\nzzz\n=======\ny\n>>>>>>> REPLACE\n```\n";
+    let r = run(&d, reply);
+    rejected(&r);
+    assert!(
+        r.blocks[1]
+            .message
+            .contains("as changed by the earlier edits")
+    );
+}
+
+#[test]
+fn sequential_blocks_see_earlier_results() {
+    let d = repo(&[("f.txt", "a\n")]);
+    let reply = "f.txt\n```\nx\ny\n```\nf.txt\n```\n<<<<<<< SEARCH\ny\n=======\nz\n>>>>>>> REPLACE\n```\n*** Begin Patch\n*** Delete File: f.txt\n*** Add File: f.txt\n+fresh\n*** End Patch\n";
+    let r = run(&d, reply);
+    ok(&r);
+    assert_eq!(read(&d, "f.txt"), "fresh\n");
+    assert_eq!(r.changes[0].kind, ChangeKind::Modified);
+}
+
+#[test]
+fn shell_block_under_a_file_name_is_not_a_whole_file() {
+    let d = repo(&[
+        ("setup.py", "from setuptools import setup\n"),
+        ("run.sh", "old\n"),
+    ]);
+    let r = run(&d, "setup.py\n```bash\npython setup.py install\n```\n");
+    assert!(r.found_no_edits());
+    assert_eq!(read(&d, "setup.py"), "from setuptools import setup\n");
+    let r = run(&d, "run.sh\n```bash\necho new\n```\n");
+    ok(&r);
+    assert_eq!(read(&d, "run.sh"), "echo new\n");
 }

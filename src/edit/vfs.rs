@@ -175,7 +175,10 @@ impl Vfs {
                 return Err(StageErr::Block(format!("`{}` is a directory", r.rel)));
             }
             Ok(md) if !md.is_file() => {
-                return Err(StageErr::Block(format!("`{}` is not a regular file", r.rel)));
+                return Err(StageErr::Block(format!(
+                    "`{}` is not a regular file",
+                    r.rel
+                )));
             }
             Ok(md) => {
                 let bytes = fs::read(&r.abs).map_err(|e| io(&r.abs, e))?;
@@ -224,7 +227,9 @@ impl Vfs {
         for k in 1..comps.len() {
             let prefix = comps[..k].join("/");
             if let Some(&i) = self.index.get(&prefix) {
-                if self.entries[i].cur != Content::Missing {
+                // A file there now, or one that is only deleted at commit.
+                let e = &self.entries[i];
+                if e.cur != Content::Missing || e.orig != Content::Missing {
                     return Some(prefix);
                 }
                 continue;

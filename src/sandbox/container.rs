@@ -297,7 +297,12 @@ impl Sandbox {
             result
         });
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let upload = self.docker.upload_to_container(
+        // The answer comes only after the whole archive is in: allow big worktrees.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(std::time::Duration::from_secs(1800));
+        let upload = docker.upload_to_container(
             &self.id,
             Some(
                 UploadToContainerOptionsBuilder::default()

@@ -73,7 +73,12 @@ impl ExecOutcome {
                 format!("timed out after {limit} (process tree killed)")
             }
         } else if self.oom_killed {
-            format!("killed: out of memory after {secs:.1}s")
+            match self.exit_code {
+                Some(137) | None => format!("killed: out of memory after {secs:.1}s"),
+                Some(code) => {
+                    format!("exit {code} in {secs:.1}s; a process was killed: out of memory")
+                }
+            }
         } else {
             match self.exit_code {
                 Some(137) => format!("killed (SIGKILL, exit 137) in {secs:.1}s"),
@@ -325,8 +330,10 @@ impl Sandbox {
             }
         }
 
+        // A non-zero exit may hide an OOM kill of a child (e.g. `make` exits 2 when the
+        // compiler it ran was killed): check the cgroup counter then too.
         let killed = exit_code == Some(137) || timed_out;
-        let oom_killed = killed && !container_killed && self.after_kill().await;
+        let oom_killed = exit_code != Some(0) && !container_killed && self.check_oom(killed).await;
         if !timed_out && exit_code == Some(137) && !oom_killed {
             // `timeout -s KILL` dies of its own SIGKILL at the deadline: exit 137.
             timed_out = duration + Duration::from_millis(50) >= timeout;
@@ -344,12 +351,12 @@ impl Sandbox {
         })
     }
 
-    /// After a SIGKILL (timeout or OOM): reads the cgroup's OOM-kill counter and, unless
-    /// another command is running, kills every leftover process of the sandbox user (e.g.
-    /// one that escaped the process group with `setsid`). PID 1 runs as another uid and
-    /// survives. Returns whether the OOM killer struck since the last check.
-    async fn after_kill(&self) -> bool {
-        let sweep = if self.in_flight.load(Ordering::SeqCst) <= 1 {
+    /// Reads the cgroup's OOM-kill counter; returns whether the OOM killer struck since the
+    /// last check. With `sweep` (after a SIGKILL: timeout or OOM), and unless another command
+    /// is running, also kills every leftover process of the sandbox user (e.g. one that
+    /// escaped the process group with `setsid`); PID 1 runs as another uid and survives.
+    async fn check_oom(&self, sweep: bool) -> bool {
+        let sweep = if sweep && self.in_flight.load(Ordering::SeqCst) <= 1 {
             "; kill -9 -1 2>/dev/null"
         } else {
             ""

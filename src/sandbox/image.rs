@@ -132,6 +132,11 @@ async fn build(
     tag: &str,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), SandboxError> {
+    // bollard's request timeout (2 min) covers the wait for response headers, which for an
+    // import only come once the whole rootfs has been read.
+    let docker = &docker
+        .clone()
+        .with_timeout(std::time::Duration::from_secs(3600));
     let base = base_image_tag();
     if image_exists(docker, &base).await? {
         progress(&format!("base image {base} exists; skipping debootstrap"));

@@ -191,6 +191,23 @@ mod tests {
         );
     }
 
+    /// Callers spawn these futures on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        docker: &bollard::Docker,
+        sandbox: &Sandbox,
+        spec: &SandboxSpec,
+        path: &std::path::Path,
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(connect());
+        send(ensure_default_image(docker, &mut |_: &str| {}));
+        send(Sandbox::start(docker, spec, path));
+        send(sandbox.exec("true"));
+        send(sandbox.sync(path, &[]));
+        send(remove_stale(docker, "runner", &[]));
+    }
+
     #[test]
     fn unreachable_message_says_what_to_do() {
         let e = SandboxError::Unreachable {
