@@ -59,7 +59,9 @@ pub(crate) fn apply_hunks(
     let hay = Haystack::new(doc);
     let total = hunks.len();
     if format == Format::UnifiedDiff
-        && let Some(at) = post_image_present(&hay, hunks)
+        && !image_at_header_lines(&hay, hunks, Side::Old).is_some_and(|v| !v.is_empty())
+        && let Some(at) = image_at_header_lines(&hay, hunks, Side::New)
+        && !at.is_empty()
     {
         return Err(format!(
             "this diff looks already applied: {path} already has the new text of every hunk \
@@ -172,34 +174,44 @@ pub(crate) fn apply_hunks(
     })
 }
 
-/// GNU patch's "previously applied" check: every hunk's new text already
-/// sits exactly where its header's new-side line number says. Line numbers
-/// are used only to refuse, never to pick a match.
-fn post_image_present(hay: &Haystack<'_>, hunks: &[Hunk]) -> Option<Vec<usize>> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Old,
+    New,
+}
+
+/// GNU patch's "previously applied" test: does every hunk's old (or new)
+/// text sit exactly at the line its header names for that side? `None` if
+/// not; else the 1-based lines checked. A diff whose new text is all in
+/// place while its old text is not is refused as already applied. Line
+/// numbers are used only to refuse, never to pick a match.
+fn image_at_header_lines(hay: &Haystack<'_>, hunks: &[Hunk], side: Side) -> Option<Vec<usize>> {
     let file = &hay.doc.lines;
     let mut at = Vec::new();
     for h in hunks {
-        let start = h.new_start?;
-        let new = h.new_lines();
-        if new.is_empty() {
+        let (start, lines, no_eol) = match side {
+            Side::Old => (h.old_start?, h.old_lines(), h.old_no_eol),
+            Side::New => (h.new_start?, h.new_lines(), h.new_no_eol),
+        };
+        if lines.is_empty() {
             continue;
         }
         let s = start.checked_sub(1)?;
-        let region = file.get(s..s + new.len())?;
+        let region = file.get(s..s + lines.len())?;
         // Exact text; only a `\r` difference (CRLF file, LF diff) is ignored.
-        if !region.iter().zip(&new).all(|(f, n)| f.text == strip_cr(n)) {
+        if !region.iter().zip(&lines).all(|(f, n)| f.text == strip_cr(n)) {
             return None;
         }
         // A `\ No newline at end of file` marker makes the final-newline
-        // state part of the post-image.
+        // state part of the image.
         if (h.old_no_eol || h.new_no_eol)
-            && (s + new.len() != file.len() || hay.doc.final_newline == h.new_no_eol)
+            && (s + lines.len() != file.len() || hay.doc.final_newline == no_eol)
         {
             return None;
         }
         at.push(start);
     }
-    (!at.is_empty()).then_some(at)
+    Some(at)
 }
 
 fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Plan, HunkErr> {

@@ -1033,3 +1033,12 @@ fn shell_block_under_a_file_name_is_not_a_whole_file() {
     ok(&r);
     assert_eq!(read(&d, "run.sh"), "echo new\n");
 }
+
+#[test]
+fn deleting_the_last_lines_is_not_mistaken_for_already_applied() {
+    let a = "1\n2\n3\n4\n5\n";
+    let d = repo(&[("n.txt", a)]);
+    let r = run(&d, &canonical_diff("n.txt", a, "1\n2\n3\n"));
+    ok(&r);
+    assert_eq!(read(&d, "n.txt"), "1\n2\n3\n");
+}

@@ -68,7 +68,8 @@ impl Default for Limits {
 /// What to start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SandboxSpec {
-    /// Image to run; `None` = the default image, built on demand.
+    /// Image to run; `None` = the default image, built on demand. A custom image needs
+    /// `sh`, coreutils `timeout`, `kill`, `rm` and `cat`; commands run as uid 10001.
     pub image: Option<String>,
     pub limits: Limits,
     /// `false` (default) = no network at all (`network_mode: none`).
