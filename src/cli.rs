@@ -50,6 +50,17 @@ pub enum Command {
     /// Manage the sandbox image.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Measure against a baseline taken in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The edit engine against `git apply` and `patch` on damaged real diffs.
+    Patch(crate::bench::patch::PatchBenchArgs),
+    /// Sandbox start and exec latency against raw `docker run` and `docker exec`.
+    Sandbox(crate::bench::sandbox::SandboxBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +184,8 @@ pub async fn main(cli: Cli) -> ExitCode {
             allow_workflows,
         }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
         Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
+        Command::Bench(BenchCommand::Patch(args)) => bench(crate::bench::patch::run(args).await),
+        Command::Bench(BenchCommand::Sandbox(args)) => bench(crate::bench::sandbox::run(args).await),
     };
     match result {
         Ok(code) => code,
@@ -353,6 +366,10 @@ fn patch_apply(
         eprintln!("{}", report.feedback());
         Ok(ExitCode::from(1))
     }
+}
+
+fn bench(result: anyhow::Result<()>) -> Result<ExitCode, Failure> {
+    result.map(|()| ExitCode::SUCCESS).map_err(|e| Failure::task(format!("{e:#}")))
 }
 
 async fn sandbox_build() -> Result<ExitCode, Failure> {

@@ -2,6 +2,7 @@
 //! model's edits are applied on the host; the code only runs inside a locked-down sandbox.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

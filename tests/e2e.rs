@@ -136,6 +136,48 @@ impl World {
         command.output().await.unwrap()
     }
 
+    /// `run-issue --issue N --llm replay:<transcript>` plus `extra` arguments.
+    async fn run_issue(
+        &self,
+        issue: u64,
+        transcript: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let (issue, llm) = (issue.to_string(), replay(transcript));
+        let mut args = vec![
+            "run-issue",
+            "--issue",
+            issue.as_str(),
+            "--llm",
+            llm.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args, env).await
+    }
+
+    /// `solve --repo <repo> --instruction "Fix add()." --llm replay:<transcript>` plus `extra`.
+    async fn solve(
+        &self,
+        repo: &str,
+        transcript: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let llm = replay(transcript);
+        let mut args = vec![
+            "solve",
+            "--repo",
+            repo,
+            "--instruction",
+            "Fix add().",
+            "--llm",
+            llm.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args, env).await
+    }
+
     fn transcript(&self) -> String {
         std::fs::read_to_string(
             self.state_dir()
@@ -211,17 +253,7 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
         Some("acme/calculator#1"),
         "Fix add(): it subtracts.",
     ));
-    let issue_arg = issue.to_string();
-    let llm = replay("fix");
-    let args = [
-        "run-issue",
-        "--issue",
-        issue_arg.as_str(),
-        "--llm",
-        llm.as_str(),
-    ];
-
-    let first = world.run(&args, &[]).await;
+    let first = world.run_issue(issue, "fix", &[], &[]).await;
     assert_exit(&first, 0);
     println!("{}", text(&first.stdout));
     assert!(
@@ -291,7 +323,7 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
     );
     assert!(!transcript.contains("hidden note"));
 
-    let second = world.run(&args, &[]).await;
+    let second = world.run_issue(issue, "fix", &[], &[]).await;
     assert_exit(&second, 0);
     assert!(
         text(&second.stdout).contains("updated pull request"),
@@ -319,21 +351,8 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
 async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
     let world = World::new().await;
     let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));
-    let issue_arg = issue.to_string();
-    let llm = replay("never-green");
     let output = world
-        .run(
-            &[
-                "run-issue",
-                "--issue",
-                &issue_arg,
-                "--llm",
-                &llm,
-                "--max-iterations",
-                "2",
-            ],
-            &[],
-        )
+        .run_issue(issue, "never-green", &["--max-iterations", "2"], &[])
         .await;
     assert_exit(&output, 1);
     assert!(world.gh.pulls(TARGET).is_empty());
@@ -365,18 +384,7 @@ async fn a_malformed_issue_gets_a_comment_and_nothing_is_cloned() {
     let world = World::new().await;
     let body = "## Instructions\n\nFix add().\n\n(no metadata here)";
     let issue = world.dispatch_issue(body);
-    let output = world
-        .run(
-            &[
-                "run-issue",
-                "--issue",
-                &issue.to_string(),
-                "--llm",
-                &replay("fix"),
-            ],
-            &[],
-        )
-        .await;
+    let output = world.run_issue(issue, "fix", &[], &[]).await;
     assert_exit(&output, 1);
     assert!(
         text(&output.stderr).contains("no task id"),
@@ -409,18 +417,7 @@ async fn a_malformed_issue_gets_a_comment_and_nothing_is_cloned() {
 async fn no_target_and_no_default_is_rejected_with_a_comment() {
     let world = World::new().await;
     let issue = world.dispatch_issue(&dispatch_body(None, "Fix add()."));
-    let output = world
-        .run(
-            &[
-                "run-issue",
-                "--issue",
-                &issue.to_string(),
-                "--llm",
-                &replay("fix"),
-            ],
-            &[],
-        )
-        .await;
+    let output = world.run_issue(issue, "fix", &[], &[]).await;
     assert_exit(&output, 1);
     let comments = world.gh.comments(DISPATCH, issue);
     assert!(
@@ -431,14 +428,10 @@ async fn no_target_and_no_default_is_rejected_with_a_comment() {
 
     // With a default target configured the same issue is processed.
     let output = world
-        .run(
-            &[
-                "run-issue",
-                "--issue",
-                &issue.to_string(),
-                "--llm",
-                &replay("fix"),
-            ],
+        .run_issue(
+            issue,
+            "fix",
+            &[],
             &[("AGENT_RUNNER_DEFAULT_TARGET", TARGET)],
         )
         .await;
@@ -449,20 +442,8 @@ async fn no_target_and_no_default_is_rejected_with_a_comment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn solve_recovers_from_a_malformed_edit_after_feedback() {
     let world = World::new().await;
-    let llm = replay("malformed-then-fixed");
     let output = world
-        .run(
-            &[
-                "solve",
-                "--repo",
-                "examples/calculator",
-                "--instruction",
-                "Fix add().",
-                "--llm",
-                &llm,
-            ],
-            &[],
-        )
+        .solve("examples/calculator", "malformed-then-fixed", &[], &[])
         .await;
     assert_exit(&output, 0);
     let stdout = text(&output.stdout);
@@ -491,20 +472,7 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
         .status()
         .unwrap();
     assert!(clone.success());
-    let output = world
-        .run(
-            &[
-                "solve",
-                "--repo",
-                work.to_str().unwrap(),
-                "--instruction",
-                "Fix add().",
-                "--llm",
-                &replay("fix"),
-            ],
-            &[],
-        )
-        .await;
+    let output = world.solve(work.to_str().unwrap(), "fix", &[], &[]).await;
     assert_exit(&output, 0);
     let branches = std::process::Command::new("git")
         .args(["-C", work.to_str().unwrap(), "branch", "--list", "agent/*"])
@@ -521,19 +489,7 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
     );
 
     let pushed = world
-        .run(
-            &[
-                "solve",
-                "--repo",
-                work.to_str().unwrap(),
-                "--instruction",
-                "Fix add().",
-                "--llm",
-                &replay("fix"),
-                "--push",
-            ],
-            &[],
-        )
+        .solve(work.to_str().unwrap(), "fix", &["--push"], &[])
         .await;
     assert_exit(&pushed, 0);
     let remote_branches = branch_names(&world.target_bare);
@@ -547,16 +503,10 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
 async fn docker_unreachable_is_a_clear_error() {
     let world = World::new().await;
     let output = world
-        .run(
-            &[
-                "solve",
-                "--repo",
-                "examples/calculator",
-                "--instruction",
-                "Fix add().",
-                "--llm",
-                &replay("fix"),
-            ],
+        .solve(
+            "examples/calculator",
+            "fix",
+            &[],
             &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
         )
         .await;

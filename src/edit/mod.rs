@@ -39,9 +39,12 @@
 //! (`-0,0`, or `-1,0 +1,..`) or end (`-N,0` with N >= the line count) places
 //! it; anything else is ambiguous and rejected.
 //!
-//! A hunk whose old text lies inside an occurrence of its own new text is
-//! rejected as "already applied", so re-sending an applied diff does not
-//! corrupt the file.
+//! Re-sent edits are refused as "already applied" instead of corrupting the
+//! file: a hunk whose old text lies inside an occurrence of its own new
+//! text, or a unified diff whose every hunk's new text sits exactly at the
+//! header's new-side line while its old text is not at the old-side line
+//! (GNU patch's test; line numbers only ever refuse, never pick). A block
+//! repeated verbatim in one reply is applied once.
 //!
 //! # Safety
 //! Everything is staged in memory; nothing is written unless every block

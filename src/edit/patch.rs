@@ -59,7 +59,7 @@ pub(crate) fn apply_hunks(
     let hay = Haystack::new(doc);
     let total = hunks.len();
     if format == Format::UnifiedDiff
-        && !image_at_header_lines(&hay, hunks, Side::Old).is_some_and(|v| !v.is_empty())
+        && image_at_header_lines(&hay, hunks, Side::Old).is_none_or(|v| v.is_empty())
         && let Some(at) = image_at_header_lines(&hay, hunks, Side::New)
         && !at.is_empty()
     {
@@ -199,7 +199,11 @@ fn image_at_header_lines(hay: &Haystack<'_>, hunks: &[Hunk], side: Side) -> Opti
         let s = start.checked_sub(1)?;
         let region = file.get(s..s + lines.len())?;
         // Exact text; only a `\r` difference (CRLF file, LF diff) is ignored.
-        if !region.iter().zip(&lines).all(|(f, n)| f.text == strip_cr(n)) {
+        if !region
+            .iter()
+            .zip(&lines)
+            .all(|(f, n)| f.text == strip_cr(n))
+        {
             return None;
         }
         // A `\ No newline at end of file` marker makes the final-newline

@@ -30,6 +30,44 @@ const SMALL: &[&str] = &["a", "b", "c", ""];
 const TINY: &[&str] = &["a", "b"];
 const SPACY: &[&str] = &["a", " a", "a ", "\ta", "b", "  b", ""];
 
+/// A repetitive text and a copy with a few line edits: small hunks whose
+/// 3-line context is often ambiguous.
+fn text_and_small_edit() -> impl Strategy<Value = (String, String)> {
+    (
+        prop::collection::vec(prop::sample::select(TINY), 1..30),
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                0u8..3,
+                prop::sample::select(TINY),
+            ),
+            1..4,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(lines, edits, nl)| {
+            let mut new: Vec<&str> = lines.clone();
+            for (at, op, with) in edits {
+                let i = at.index(new.len() + 1);
+                match op {
+                    0 if i < new.len() => new[i] = with,
+                    1 if i < new.len() => {
+                        new.remove(i);
+                    }
+                    _ => new.insert(i, with),
+                }
+            }
+            let join = |v: &[&str]| {
+                let mut s = v.join("\n");
+                if nl && !v.is_empty() {
+                    s.push('\n');
+                }
+                s
+            };
+            (join(&lines), join(&new))
+        })
+}
+
 /// Old-side and new-side lines of each hunk of a canonical diff.
 fn hunks(diff: &str) -> Vec<(Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
@@ -162,6 +200,11 @@ fn check_roundtrip(a: &str, b: &str, second: bool) -> Result<(), TestCaseError> 
 proptest! {
     #[test]
     fn own_diff_applies_exactly_or_is_rejected_as_ambiguous(a in text(SMALL), b in text(SMALL)) {
+        check_roundtrip(&a, &b, true)?;
+    }
+
+    #[test]
+    fn small_edits_to_repetitive_texts((a, b) in text_and_small_edit()) {
         check_roundtrip(&a, &b, true)?;
     }
 
