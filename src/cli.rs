@@ -185,7 +185,9 @@ pub async fn main(cli: Cli) -> ExitCode {
         }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
         Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
         Command::Bench(BenchCommand::Patch(args)) => bench(crate::bench::patch::run(args).await),
-        Command::Bench(BenchCommand::Sandbox(args)) => bench(crate::bench::sandbox::run(args).await),
+        Command::Bench(BenchCommand::Sandbox(args)) => {
+            bench(crate::bench::sandbox::run(args).await)
+        }
     };
     match result {
         Ok(code) => code,
@@ -369,7 +371,9 @@ fn patch_apply(
 }
 
 fn bench(result: anyhow::Result<()>) -> Result<ExitCode, Failure> {
-    result.map(|()| ExitCode::SUCCESS).map_err(|e| Failure::task(format!("{e:#}")))
+    result
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| Failure::task(format!("{e:#}")))
 }
 
 async fn sandbox_build() -> Result<ExitCode, Failure> {
