@@ -267,12 +267,32 @@ impl Transcript {
     }
 }
 
-/// Fills `{{name}}` placeholders.
+/// Fills `{{name}}` placeholders in one pass, so text inserted (an instruction, a file)
+/// is never itself searched for placeholders. Unknown names are left as they are.
 pub fn render(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("{{{{{name}}}}}"), value);
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let value = after.find("}}").and_then(|end| {
+            values
+                .iter()
+                .find(|(name, _)| *name == &after[..end])
+                .map(|(_, v)| (end, *v))
+        });
+        match value {
+            Some((end, value)) => {
+                out.push_str(value);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -311,6 +331,7 @@ fn task_prompt(
     render(
         TASK_PROMPT,
         &[
+            ("fence", &crate::dispatch::fence_for(instruction)),
             ("instruction", instruction),
             ("target_context", &context),
             ("repo_map", map.trim_end()),

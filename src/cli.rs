@@ -44,6 +44,9 @@ pub enum Command {
     Solve(SolveArgs),
     /// Process one dispatch issue of DISPATCH_REPO into a pull request.
     RunIssue(RunIssueArgs),
+    /// Dispatch issues: check one offline against the runner's intake rules.
+    #[command(subcommand)]
+    Dispatch(DispatchCommand),
     /// Apply a model's edits to a directory.
     #[command(subcommand)]
     Patch(PatchCommand),
@@ -129,6 +132,25 @@ pub enum PatchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DispatchCommand {
+    /// Run the runner's exact intake rules on a GitHub issue object (JSON) and print the
+    /// verdict as JSON: exit 0 accepted, 1 rejected.
+    Check {
+        #[arg(long)]
+        issue_file: PathBuf,
+        /// Target for issues that name none (overrides AGENT_RUNNER_DEFAULT_TARGET).
+        #[arg(long)]
+        default_target: Option<String>,
+        /// `owner/repo` or `owner/*`; repeatable (replaces the configured allowlist).
+        #[arg(long = "allow-target")]
+        allow_targets: Vec<String>,
+        /// A login whose tasks are taken whatever its association; repeatable.
+        #[arg(long = "allow-author")]
+        allow_authors: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
     /// Build the default sandbox image from Debian packages (no registry needed).
     Build,
@@ -184,6 +206,9 @@ pub async fn main(cli: Cli) -> ExitCode {
             allow_workflows,
         }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
         Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
+        Command::Dispatch(DispatchCommand::Check { issue_file, .. }) => {
+            dispatch_check(&config, &issue_file)
+        }
         Command::Bench(BenchCommand::Patch(args)) => bench(crate::bench::patch::run(args).await),
         Command::Bench(BenchCommand::Sandbox(args)) => {
             bench(crate::bench::sandbox::run(args).await)
@@ -214,6 +239,21 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
         &cli.command
     {
         apply_model_args(&mut config, model)?;
+    }
+    if let Command::Dispatch(DispatchCommand::Check {
+        default_target,
+        allow_targets,
+        allow_authors,
+        ..
+    }) = &cli.command
+    {
+        if default_target.is_some() {
+            config.default_target = default_target.clone();
+        }
+        if !allow_targets.is_empty() {
+            config.allowed_targets = allow_targets.clone();
+        }
+        config.allowed_authors.extend(allow_authors.iter().cloned());
     }
     config.validate().map_err(Failure::usage)?;
     Ok(config)
@@ -327,6 +367,38 @@ async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failu
     );
     println!("  time:        {}", report.timings.describe());
     Ok(ExitCode::SUCCESS)
+}
+
+fn dispatch_check(config: &Config, issue_file: &std::path::Path) -> Result<ExitCode, Failure> {
+    let text = std::fs::read_to_string(issue_file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", issue_file.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::usage(format!("{} is not JSON: {e}", issue_file.display())))?;
+    let issue = crate::dispatch::IssueInput::from_github_json(&value)
+        .map_err(|e| Failure::usage(format!("{}: {e}", issue_file.display())))?;
+    let rules = config.intake_rules().map_err(Failure::usage)?;
+    let (verdict, code) = match crate::dispatch::check_issue(&issue, &rules) {
+        Ok(task) => (
+            serde_json::json!({
+                "accepted": true,
+                "task_id": task.task_id,
+                "instruction": task.instruction,
+                "target_repo": task.target_repo,
+                "target_ref": task.target_ref,
+            }),
+            ExitCode::SUCCESS,
+        ),
+        Err(rejection) => (
+            serde_json::json!({
+                "accepted": false,
+                "reason": rejection.reason,
+                "message": rejection.message,
+            }),
+            ExitCode::from(1),
+        ),
+    };
+    println!("{verdict}");
+    Ok(code)
 }
 
 fn patch_apply(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dispatch::RepoName;
+use crate::dispatch::{IntakeRules, RepoName};
 
 /// A value that must never appear in logs, errors, comments, PR bodies or commits.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -60,6 +60,13 @@ pub struct Config {
     pub dispatch_repo: String,
     /// Target used when an issue names none (`AGENT_RUNNER_DEFAULT_TARGET`).
     pub default_target: Option<String>,
+    /// Target repositories tasks may name: `owner/repo` or `owner/*`
+    /// (`AGENT_RUNNER_ALLOWED_TARGETS`, comma-separated). Empty: the dispatch repository's
+    /// owner's repositories and the default target.
+    pub allowed_targets: Vec<String>,
+    /// Logins whose tasks are taken besides the repository's owners, members and
+    /// collaborators (`AGENT_RUNNER_ALLOWED_AUTHORS`, comma-separated).
+    pub allowed_authors: Vec<String>,
     /// Name used in comments (`AGENT_NAME`).
     pub agent_name: String,
     /// `LOG_LEVEL`: ERROR, WARN, INFO, DEBUG or TRACE.
@@ -75,6 +82,41 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Per target repository settings, keyed by `owner/repo`.
     pub targets: BTreeMap<String, TargetConfig>,
+    /// `serve`: HTTP address for `/webhook`, `/metrics`, `/healthz` (`AGENT_RUNNER_LISTEN`).
+    pub listen: String,
+    /// `serve`: HMAC key of webhook deliveries (`GITHUB_WEBHOOK_SECRET`); unset: webhooks off.
+    pub webhook_secret: Option<Secret>,
+    /// `serve`: tasks worked on at once (`MAX_CONCURRENT_TASKS`).
+    pub max_concurrent_tasks: usize,
+    /// `serve`: attempts per task when failures are transient (GitHub, network).
+    pub max_task_attempts: u32,
+    /// `serve`: first retry delay of a transiently failed task, doubled per attempt.
+    pub task_retry_secs: u64,
+    /// `serve`: how long running tasks may finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    pub labels: LabelConfig,
+}
+
+/// Labels on dispatch issues.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelConfig {
+    /// What marks a dispatch issue (the protocol's `copilot-agent`).
+    pub dispatch: String,
+    pub in_progress: String,
+    pub done: String,
+    pub failed: String,
+}
+
+impl Default for LabelConfig {
+    fn default() -> LabelConfig {
+        LabelConfig {
+            dispatch: "copilot-agent".into(),
+            in_progress: "agent:in-progress".into(),
+            done: "agent:done".into(),
+            failed: "agent:failed".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +163,13 @@ pub struct SandboxConfig {
     pub command_timeout_secs: u64,
     /// A container runtime such as `runsc` (gVisor).
     pub runtime: Option<String>,
+    /// Command run in the sandbox before the baseline test (e.g. a dependency install),
+    /// under `command_timeout_secs`; the task fails if it fails.
+    pub setup_cmd: Option<String>,
+    /// Whether `setup_cmd` runs with network (Docker's default `bridge` network). The
+    /// network is cut off, and checked gone, before the agent phase; without `setup_cmd`
+    /// the sandbox never has network.
+    pub setup_network: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -137,6 +186,8 @@ impl Default for Config {
             github_api_url: "https://api.github.com".into(),
             dispatch_repo: "endomorphosis/lift_coding_dispatch".into(),
             default_target: None,
+            allowed_targets: Vec::new(),
+            allowed_authors: Vec::new(),
             agent_name: "custom-agent".into(),
             log_level: "INFO".into(),
             poll_interval_seconds: 30,
@@ -147,6 +198,13 @@ impl Default for Config {
             agent: AgentConfig::default(),
             sandbox: SandboxConfig::default(),
             targets: BTreeMap::new(),
+            listen: "127.0.0.1:8080".into(),
+            webhook_secret: None,
+            max_concurrent_tasks: 2,
+            max_task_attempts: 4,
+            task_retry_secs: 30,
+            shutdown_grace_secs: 60,
+            labels: LabelConfig::default(),
         }
     }
 }
@@ -187,8 +245,19 @@ impl Default for SandboxConfig {
             pids: 256,
             command_timeout_secs: 600,
             runtime: None,
+            setup_cmd: None,
+            setup_network: true,
         }
     }
+}
+
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn default_state_dir() -> PathBuf {
@@ -249,6 +318,12 @@ impl Config {
         if let Some(v) = get(&["AGENT_RUNNER_DEFAULT_TARGET"]) {
             self.default_target = Some(v);
         }
+        if let Some(v) = get(&["AGENT_RUNNER_ALLOWED_TARGETS"]) {
+            self.allowed_targets = comma_list(&v);
+        }
+        if let Some(v) = get(&["AGENT_RUNNER_ALLOWED_AUTHORS"]) {
+            self.allowed_authors = comma_list(&v);
+        }
         if let Some(v) = get(&["AGENT_NAME"]) {
             self.agent_name = v;
         }
@@ -277,6 +352,19 @@ impl Config {
         if let Some(v) = get(&["LLM_BASE_URL"]) {
             self.llm.base_url = v;
         }
+        if let Some(v) = get(&["AGENT_RUNNER_LISTEN"]) {
+            self.listen = v;
+        }
+        if let Some(v) = get(&["GITHUB_WEBHOOK_SECRET"]) {
+            self.webhook_secret = Some(Secret::new(v));
+        }
+        if let Some(v) = get(&["MAX_CONCURRENT_TASKS"]) {
+            self.max_concurrent_tasks = v.parse().map_err(|_| ConfigError::Invalid {
+                name: "MAX_CONCURRENT_TASKS",
+                value: v.clone(),
+                why: "expected a whole number".into(),
+            })?;
+        }
         if let Some(v) = get(&["LLM_REPLAY_FILE"]) {
             self.llm.replay_file = Some(PathBuf::from(v));
         }
@@ -285,8 +373,7 @@ impl Config {
 
     /// Checks what every command needs; command-specific needs are checked where used.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.dispatch_repo()?;
-        self.default_target()?;
+        self.intake_rules()?;
         if crate::logging::level_filter(&self.log_level).is_none() {
             return Err(ConfigError::Invalid {
                 name: "LOG_LEVEL",
@@ -334,6 +421,28 @@ impl Config {
             .transpose()
     }
 
+    /// The intake rules every way of taking a task goes through.
+    pub fn intake_rules(&self) -> Result<IntakeRules, ConfigError> {
+        for pattern in &self.allowed_targets {
+            let valid = match pattern.split_once('/') {
+                Some((owner, "*")) => RepoName::parse(&format!("{owner}/x")).is_some(),
+                _ => RepoName::parse(pattern).is_some(),
+            };
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    name: "allowed_targets",
+                    value: pattern.clone(),
+                    why: "expected `owner/repo` or `owner/*`".into(),
+                });
+            }
+        }
+        let mut rules = IntakeRules::new(self.dispatch_repo()?);
+        rules.default_target = self.default_target()?;
+        rules.allowed_targets = self.allowed_targets.clone();
+        rules.allowed_authors = self.allowed_authors.clone();
+        Ok(rules)
+    }
+
     pub fn github_token(&self) -> Result<&Secret, ConfigError> {
         self.github_token.as_ref().ok_or_else(|| {
             ConfigError::Missing(
@@ -350,14 +459,18 @@ impl Config {
         Duration::from_secs(self.sandbox.command_timeout_secs)
     }
 
-    /// Everything secret this runner holds, for redaction.
+    /// Everything secret this runner holds.
+    pub fn secret_values(&self) -> Vec<&str> {
+        [&self.github_token, &self.llm.api_key, &self.webhook_secret]
+            .into_iter()
+            .flatten()
+            .map(Secret::expose)
+            .collect()
+    }
+
+    /// Redaction of everything secret this runner holds.
     pub fn redactor(&self) -> Redactor {
-        Redactor::new(
-            [&self.github_token, &self.llm.api_key]
-                .into_iter()
-                .flatten()
-                .map(|s| s.expose().to_string()),
-        )
+        Redactor::new(self.secret_values().into_iter().map(str::to_string))
     }
 }
 

@@ -2,9 +2,14 @@
 //! repository and the task's pull request. `api_url` points at github.com, GitHub Enterprise
 //! (`https://HOST/api/v3`) or a local fake. There is no merge call anywhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method};
 use octocrab::Octocrab;
-use octocrab::models::pulls::PullRequest;
-use octocrab::params::State;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::Secret;
 use crate::dispatch::{IssueInput, RepoName};
@@ -81,11 +86,11 @@ pub struct PullRequestRef {
     pub url: String,
 }
 
-impl From<PullRequest> for PullRequestRef {
-    fn from(pr: PullRequest) -> PullRequestRef {
+impl From<RawPull> for PullRequestRef {
+    fn from(pr: RawPull) -> PullRequestRef {
         PullRequestRef {
             number: pr.number,
-            url: pr.html_url.map(|u| u.to_string()).unwrap_or_default(),
+            url: pr.html_url.unwrap_or_default(),
         }
     }
 }
@@ -97,8 +102,160 @@ pub struct IssueText {
     pub body: String,
 }
 
+/// How the client waits and retries. Every call goes through it.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per call for 5xx and transport errors (rate-limit waits do not count).
+    pub max_attempts: u32,
+    /// First backoff for 5xx / transport errors; doubled each attempt, with jitter.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Wait after a secondary rate limit that names no `Retry-After` (GitHub asks ≥ 1 min).
+    pub secondary_wait: Duration,
+    /// Longest single wait for a rate-limit reset; longer resets fail the call.
+    pub max_rate_wait: Duration,
+    /// Rate-limit waits per call before giving up (a limit that never lifts).
+    pub max_rate_waits: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            secondary_wait: Duration::from_secs(60),
+            max_rate_wait: Duration::from_secs(3700),
+            max_rate_waits: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter in [d/2, d], so runners do not retry in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
+        let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+        exp.mul_f64(0.5 + jitter / 2.0)
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// The last rate-limit figures GitHub reported, shared by clones of one client.
+#[derive(Debug)]
+struct RateState {
+    /// -1 until a response said.
+    remaining: AtomicI64,
+    reset: AtomicI64,
+}
+
+/// What the poller got.
+#[derive(Debug)]
+pub enum Polled {
+    /// 304: nothing changed since the ETag (not counted against the rate limit).
+    NotModified,
+    Issues {
+        issues: Vec<IssueInput>,
+        etag: Option<String>,
+    },
+}
+
+/// A comment on an issue.
+#[derive(Debug, Clone)]
+pub struct CommentInfo {
+    pub id: u64,
+    pub author: String,
+    pub body: String,
+}
+
+#[derive(Deserialize)]
+struct RawUser {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct RawLabel {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RawIssue {
+    number: u64,
+    title: String,
+    body: Option<String>,
+    #[serde(default)]
+    labels: Vec<RawLabel>,
+    pull_request: Option<serde_json::Value>,
+    user: Option<RawUser>,
+    author_association: Option<String>,
+}
+
+impl From<RawIssue> for IssueInput {
+    fn from(issue: RawIssue) -> IssueInput {
+        IssueInput {
+            number: issue.number,
+            title: issue.title,
+            body: issue.body.unwrap_or_default(),
+            labels: issue.labels.into_iter().map(|l| l.name).collect(),
+            is_pull_request: issue.pull_request.is_some(),
+            author: issue.user.map(|u| u.login).unwrap_or_default(),
+            author_association: issue.author_association.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawComment {
+    id: u64,
+    body: Option<String>,
+    user: Option<RawUser>,
+}
+
+#[derive(Deserialize)]
+pub struct RawPull {
+    number: u64,
+    html_url: Option<String>,
+    head: RawHead,
+}
+
+#[derive(Deserialize)]
+struct RawHead {
+    #[serde(rename = "ref")]
+    ref_field: String,
+}
+
+#[derive(Deserialize)]
+struct RawRepo {
+    clone_url: Option<String>,
+    default_branch: Option<String>,
+}
+
+/// A response read in full.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn has_next_page(&self) -> bool {
+        self.header("link")
+            .is_some_and(|l| l.contains("rel=\"next\""))
+    }
+}
+
+#[derive(Clone)]
 pub struct GitHub {
     client: Octocrab,
+    policy: RetryPolicy,
+    rate: Arc<RateState>,
 }
 
 impl GitHub {
@@ -108,33 +265,255 @@ impl GitHub {
             message,
         };
         // octocrab retries 5xx and 429 immediately, POSTs included, which can duplicate a
-        // comment or PR; without its `retry` feature it does not, and failures surface here.
+        // comment or PR; without its `retry` feature it does not, and `send` owns waiting.
         let client = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| bad_url(e.to_string()))?
             .personal_token(token.expose().to_string())
-            .set_connect_timeout(Some(std::time::Duration::from_secs(15)))
-            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .set_connect_timeout(Some(Duration::from_secs(15)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
             .build()
             .map_err(|e| bad_url(e.to_string()))?;
-        Ok(GitHub { client })
+        Ok(GitHub {
+            client,
+            policy: RetryPolicy::default(),
+            rate: Arc::new(RateState {
+                remaining: AtomicI64::new(-1),
+                reset: AtomicI64::new(0),
+            }),
+        })
+    }
+
+    pub fn with_policy(mut self, policy: RetryPolicy) -> GitHub {
+        self.policy = policy;
+        self
+    }
+
+    /// `x-ratelimit-remaining` of the last counted response (None before the first).
+    pub fn rate_limit_remaining(&self) -> Option<i64> {
+        let r = self.rate.remaining.load(Ordering::Relaxed);
+        (r >= 0).then_some(r)
+    }
+
+    /// One request with GitHub's waiting rules: an exhausted rate limit is waited out until
+    /// its reset, `Retry-After` and secondary limits are honoured, 5xx and transport errors
+    /// are retried with jittered exponential backoff when `idempotent` (a POST that got a
+    /// 5xx may have been applied, so it is not blindly resent). Never spins: every retry
+    /// sleeps, and every loop is bounded.
+    async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        route: &str,
+        body: Option<&serde_json::Value>,
+        headers: Option<HeaderMap>,
+        idempotent: bool,
+    ) -> Result<Reply, GitHubError> {
+        let (mut attempt, mut rate_waits) = (0u32, 0u32);
+        loop {
+            self.wait_for_reset(what).await?;
+            let result = match method.clone() {
+                Method::GET => self.client._get_with_headers(route, headers.clone()).await,
+                Method::POST => self.client._post(route, body).await,
+                Method::PATCH => self.client._patch(route, body).await,
+                Method::PUT => self.client._put(route, body).await,
+                Method::DELETE => self.client._delete(route, body).await,
+                other => {
+                    return Err(GitHubError::Transport {
+                        what: what.to_string(),
+                        message: format!("unsupported method {other}"),
+                    });
+                }
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => {
+                    attempt += 1;
+                    if !idempotent || attempt >= self.policy.max_attempts {
+                        return Err(GitHubError::from_octocrab(what, e));
+                    }
+                    let delay = self.policy.backoff(attempt - 1);
+                    tracing::warn!(what, error = %e, delay_ms = delay.as_millis() as u64, "GitHub unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let headers_in = response.headers().clone();
+            let body_text = self
+                .client
+                .body_to_string(response)
+                .await
+                .map_err(|e| GitHubError::from_octocrab(what, e))?;
+            let reply = Reply {
+                status,
+                headers: headers_in,
+                body: body_text,
+            };
+            self.note_rate(&reply);
+            if let Some(wait) = self.rate_limit_wait(&reply) {
+                rate_waits += 1;
+                if rate_waits > self.policy.max_rate_waits || wait > self.policy.max_rate_wait {
+                    return Err(self.api_error(what, &reply));
+                }
+                tracing::warn!(
+                    what,
+                    status,
+                    wait_secs = wait.as_secs_f64(),
+                    "GitHub rate limit; waiting"
+                );
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if status >= 500 && idempotent {
+                attempt += 1;
+                if attempt < self.policy.max_attempts {
+                    let delay = self.policy.backoff(attempt - 1);
+                    tracing::warn!(
+                        what,
+                        status,
+                        delay_ms = delay.as_millis() as u64,
+                        "GitHub server error; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            return Ok(reply);
+        }
+    }
+
+    /// Before a request: if the last response said the limit is spent, sleep until reset.
+    async fn wait_for_reset(&self, what: &str) -> Result<(), GitHubError> {
+        if self.rate.remaining.load(Ordering::Relaxed) != 0 {
+            return Ok(());
+        }
+        let until = self.rate.reset.load(Ordering::Relaxed) - chrono::Utc::now().timestamp();
+        if until > 0 {
+            let wait = Duration::from_secs(until as u64 + 1);
+            if wait > self.policy.max_rate_wait {
+                return Err(GitHubError::Api {
+                    what: what.to_string(),
+                    status: 403,
+                    message: format!("the rate limit resets only in {until} s"),
+                    hint: "",
+                });
+            }
+            tracing::info!(
+                what,
+                wait_secs = wait.as_secs(),
+                "rate limit spent; waiting for its reset"
+            );
+            tokio::time::sleep(wait).await;
+        }
+        // Unknown again until the next response: a stale 0 must not block forever.
+        self.rate.remaining.store(-1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn note_rate(&self, reply: &Reply) {
+        if reply.status == 304 {
+            return;
+        }
+        let num = |name: &str| {
+            reply
+                .header(name)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        if let Some(remaining) = num("x-ratelimit-remaining") {
+            self.rate.remaining.store(remaining, Ordering::Relaxed);
+        }
+        if let Some(reset) = num("x-ratelimit-reset") {
+            self.rate.reset.store(reset, Ordering::Relaxed);
+        }
+    }
+
+    /// How long to wait before resending, if this reply is a rate limit (primary: wait for
+    /// the reset; secondary: `Retry-After`, else the policy's default). GitHub did not act
+    /// on a rate-limited request, so any method may be resent.
+    fn rate_limit_wait(&self, reply: &Reply) -> Option<Duration> {
+        if reply.status != 429 && reply.status != 403 {
+            return None;
+        }
+        let retry_after = reply
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let spent = reply.header("x-ratelimit-remaining").map(str::trim) == Some("0");
+        let secondary = reply.body.to_ascii_lowercase().contains("rate limit");
+        if let Some(secs) = retry_after {
+            return Some(Duration::from_secs(secs.max(1)));
+        }
+        if spent {
+            let reset = reply
+                .header("x-ratelimit-reset")
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            let until = (reset - chrono::Utc::now().timestamp()).max(0) as u64;
+            // The reset is an epoch second; one more second covers clock rounding.
+            return Some(Duration::from_secs(until + 1));
+        }
+        if reply.status == 429 || secondary {
+            return Some(self.policy.secondary_wait);
+        }
+        None
+    }
+
+    fn api_error(&self, what: &str, reply: &Reply) -> GitHubError {
+        #[derive(Deserialize)]
+        struct Message {
+            message: Option<String>,
+            errors: Option<Vec<serde_json::Value>>,
+        }
+        let parsed: Option<Message> = serde_json::from_str(&reply.body).ok();
+        let mut message = parsed
+            .as_ref()
+            .and_then(|m| m.message.clone())
+            .unwrap_or_else(|| reply.body.chars().take(200).collect());
+        for detail in parsed.iter().flat_map(|m| m.errors.iter().flatten()) {
+            if let Some(m) = detail.get("message").and_then(|m| m.as_str()) {
+                message.push_str(&format!(" ({m})"));
+            }
+        }
+        GitHubError::Api {
+            what: what.to_string(),
+            status: reply.status,
+            message,
+            hint: hint_for(reply.status),
+        }
+    }
+
+    /// A call whose 2xx body is JSON of type `T`.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        route: &str,
+        body: Option<&serde_json::Value>,
+        idempotent: bool,
+    ) -> Result<T, GitHubError> {
+        let reply = self
+            .send(what, method, route, body, None, idempotent)
+            .await?;
+        self.parse(what, &reply)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, what: &str, reply: &Reply) -> Result<T, GitHubError> {
+        if !(200..300).contains(&reply.status) {
+            return Err(self.api_error(what, reply));
+        }
+        serde_json::from_str(&reply.body).map_err(|e| GitHubError::Api {
+            what: what.to_string(),
+            status: reply.status,
+            message: format!("unexpected response: {e}"),
+            hint: "",
+        })
     }
 
     pub async fn issue(&self, repo: &RepoName, number: u64) -> Result<IssueInput, GitHubError> {
         let what = format!("reading issue {repo}#{number}");
-        let issue = self
-            .client
-            .issues(&repo.owner, &repo.name)
-            .get(number)
-            .await
-            .map_err(|e| GitHubError::from_octocrab(&what, e))?;
-        Ok(IssueInput {
-            number: issue.number,
-            title: issue.title,
-            body: issue.body.unwrap_or_default(),
-            labels: issue.labels.into_iter().map(|l| l.name).collect(),
-            is_pull_request: issue.pull_request.is_some(),
-        })
+        let route = format!("/repos/{}/{}/issues/{number}", repo.owner, repo.name);
+        let issue: RawIssue = self.json(&what, Method::GET, &route, None, true).await?;
+        Ok(issue.into())
     }
 
     pub async fn issue_text(&self, repo: &RepoName, number: u64) -> Result<IssueText, GitHubError> {
@@ -145,6 +524,56 @@ impl GitHub {
         })
     }
 
+    /// Open issues carrying `label`, oldest first, with a conditional request: given the
+    /// ETag of the last answer, an unchanged list is a 304 that costs no rate limit. Newest
+    /// first on the wire so that a new issue always changes the first page (the one the
+    /// ETag covers); further pages are read only when the first one changed.
+    pub async fn list_labelled_issues(
+        &self,
+        repo: &RepoName,
+        label: &str,
+        etag: Option<&str>,
+    ) -> Result<Polled, GitHubError> {
+        let what = format!("listing open `{label}` issues of {repo}");
+        let route = |page: u32| {
+            format!(
+                "/repos/{}/{}/issues?state=open&labels={}&sort=created&direction=desc&per_page=100&page={page}",
+                repo.owner,
+                repo.name,
+                encode(label)
+            )
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(t).ok()) {
+            headers.insert(http::header::IF_NONE_MATCH, tag);
+        }
+        let first = self
+            .send(&what, Method::GET, &route(1), None, Some(headers), true)
+            .await?;
+        if first.status == 304 {
+            return Ok(Polled::NotModified);
+        }
+        let new_etag = first.header("etag").map(str::to_string);
+        let mut raw: Vec<RawIssue> = self.parse(&what, &first)?;
+        let mut more = first.has_next_page();
+        let mut page = 1;
+        while more && page < 50 {
+            page += 1;
+            let reply = self
+                .send(&what, Method::GET, &route(page), None, None, true)
+                .await?;
+            let items: Vec<RawIssue> = self.parse(&what, &reply)?;
+            more = reply.has_next_page() && !items.is_empty();
+            raw.extend(items);
+        }
+        let mut issues: Vec<IssueInput> = raw.into_iter().map(IssueInput::from).collect();
+        issues.sort_by_key(|i| i.number);
+        Ok(Polled::Issues {
+            issues,
+            etag: new_etag,
+        })
+    }
+
     pub async fn comment(
         &self,
         repo: &RepoName,
@@ -152,22 +581,91 @@ impl GitHub {
         body: &str,
     ) -> Result<(), GitHubError> {
         let what = format!("commenting on {repo}#{number}");
-        self.client
-            .issues(&repo.owner, &repo.name)
-            .create_comment(number, body)
-            .await
-            .map_err(|e| GitHubError::from_octocrab(&what, e))?;
+        let route = format!(
+            "/repos/{}/{}/issues/{number}/comments",
+            repo.owner, repo.name
+        );
+        let payload = serde_json::json!({ "body": body });
+        // Not idempotent: a 5xx may have created the comment.
+        let _: serde_json::Value = self
+            .json(&what, Method::POST, &route, Some(&payload), false)
+            .await?;
         Ok(())
+    }
+
+    /// All comments of an issue, oldest first.
+    pub async fn comments(
+        &self,
+        repo: &RepoName,
+        number: u64,
+    ) -> Result<Vec<CommentInfo>, GitHubError> {
+        let what = format!("reading comments of {repo}#{number}");
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let route = format!(
+                "/repos/{}/{}/issues/{number}/comments?per_page=100&page={page}",
+                repo.owner, repo.name
+            );
+            let reply = self
+                .send(&what, Method::GET, &route, None, None, true)
+                .await?;
+            let items: Vec<RawComment> = self.parse(&what, &reply)?;
+            let done = items.is_empty() || !reply.has_next_page();
+            out.extend(items.into_iter().map(|c| CommentInfo {
+                id: c.id,
+                author: c.user.map(|u| u.login).unwrap_or_default(),
+                body: c.body.unwrap_or_default(),
+            }));
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds labels (creating them on the repository if needed). Idempotent on GitHub.
+    pub async fn add_labels(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        labels: &[&str],
+    ) -> Result<(), GitHubError> {
+        let what = format!("labelling {repo}#{number}");
+        let route = format!("/repos/{}/{}/issues/{number}/labels", repo.owner, repo.name);
+        let payload = serde_json::json!({ "labels": labels });
+        let _: serde_json::Value = self
+            .json(&what, Method::POST, &route, Some(&payload), true)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a label; a label that is not there is not an error.
+    pub async fn remove_label(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        label: &str,
+    ) -> Result<(), GitHubError> {
+        let what = format!("removing label `{label}` from {repo}#{number}");
+        let route = format!(
+            "/repos/{}/{}/issues/{number}/labels/{}",
+            repo.owner,
+            repo.name,
+            encode(label)
+        );
+        let reply = self
+            .send(&what, Method::DELETE, &route, None, None, true)
+            .await?;
+        match reply.status {
+            200..=299 | 404 => Ok(()),
+            _ => Err(self.api_error(&what, &reply)),
+        }
     }
 
     pub async fn repo_info(&self, repo: &RepoName) -> Result<RepoInfo, GitHubError> {
         let what = format!("reading repository {repo}");
-        let info = self
-            .client
-            .repos(&repo.owner, &repo.name)
-            .get()
-            .await
-            .map_err(|e| GitHubError::from_octocrab(&what, e))?;
+        let route = format!("/repos/{}/{}", repo.owner, repo.name);
+        let info: RawRepo = self.json(&what, Method::GET, &route, None, true).await?;
         let missing = |field: &str| GitHubError::Api {
             what: what.clone(),
             status: 200,
@@ -175,10 +673,7 @@ impl GitHub {
             hint: "",
         };
         Ok(RepoInfo {
-            clone_url: info
-                .clone_url
-                .map(|u| u.to_string())
-                .ok_or_else(|| missing("clone_url"))?,
+            clone_url: info.clone_url.ok_or_else(|| missing("clone_url"))?,
             default_branch: info
                 .default_branch
                 .ok_or_else(|| missing("default_branch"))?,
@@ -192,18 +687,14 @@ impl GitHub {
         branch: &str,
     ) -> Result<Option<PullRequestRef>, GitHubError> {
         let what = format!("listing pull requests of {repo}");
-        let page = self
-            .client
-            .pulls(&repo.owner, &repo.name)
-            .list()
-            .state(State::Open)
-            .head(format!("{}:{branch}", repo.owner))
-            .per_page(10)
-            .send()
-            .await
-            .map_err(|e| GitHubError::from_octocrab(&what, e))?;
-        Ok(page
-            .items
+        let route = format!(
+            "/repos/{}/{}/pulls?state=open&head={}&per_page=10",
+            repo.owner,
+            repo.name,
+            encode(&format!("{}:{branch}", repo.owner))
+        );
+        let pulls: Vec<RawPull> = self.json(&what, Method::GET, &route, None, true).await?;
+        Ok(pulls
             .into_iter()
             .find(|pr| pr.head.ref_field == branch)
             .map(PullRequestRef::from))
@@ -218,14 +709,14 @@ impl GitHub {
         body: &str,
     ) -> Result<PullRequestRef, GitHubError> {
         let what = format!("opening a pull request on {repo}");
-        self.client
-            .pulls(&repo.owner, &repo.name)
-            .create(title, head, base)
-            .body(body)
-            .send()
-            .await
-            .map(PullRequestRef::from)
-            .map_err(|e| GitHubError::from_octocrab(&what, e))
+        let route = format!("/repos/{}/{}/pulls", repo.owner, repo.name);
+        let payload =
+            serde_json::json!({ "title": title, "head": head, "base": base, "body": body });
+        // Not resent on 5xx: the caller looks for the PR first (see `open_or_update_pr`).
+        let pr: RawPull = self
+            .json(&what, Method::POST, &route, Some(&payload), false)
+            .await?;
+        Ok(pr.into())
     }
 
     pub async fn update_pr(
@@ -236,15 +727,12 @@ impl GitHub {
         body: &str,
     ) -> Result<PullRequestRef, GitHubError> {
         let what = format!("updating pull request {repo}#{number}");
-        self.client
-            .pulls(&repo.owner, &repo.name)
-            .update(number)
-            .title(title)
-            .body(body)
-            .send()
-            .await
-            .map(PullRequestRef::from)
-            .map_err(|e| GitHubError::from_octocrab(&what, e))
+        let route = format!("/repos/{}/{}/pulls/{number}", repo.owner, repo.name);
+        let payload = serde_json::json!({ "title": title, "body": body });
+        let pr: RawPull = self
+            .json(&what, Method::PATCH, &route, Some(&payload), true)
+            .await?;
+        Ok(pr.into())
     }
 
     /// Opens the task's pull request, or updates the open one for its branch: a re-run never
@@ -266,15 +754,69 @@ impl GitHub {
         }
         match self.create_pr(repo, title, branch, base, body).await {
             Ok(pr) => Ok((pr, true)),
-            // Opened meanwhile (or by an earlier attempt whose answer was lost).
-            Err(e) if e.status() == Some(422) => match self.find_open_pr(repo, branch).await? {
-                Some(existing) => Ok((
-                    self.update_pr(repo, existing.number, title, body).await?,
-                    false,
-                )),
-                None => Err(e),
-            },
+            // Opened meanwhile, or by an attempt whose answer was lost (422), or the create
+            // may have been applied before a 5xx: look again before failing.
+            Err(e) if matches!(e.status(), Some(422) | Some(500..=599)) => {
+                match self.find_open_pr(repo, branch).await? {
+                    Some(existing) => Ok((
+                        self.update_pr(repo, existing.number, title, body).await?,
+                        false,
+                    )),
+                    None => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Percent-encodes a path segment or query value (labels may hold spaces or `:`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Whether an error is worth retrying the whole task for later (GitHub down or rate
+/// limited), as opposed to one the task itself caused.
+pub fn is_transient(error: &GitHubError) -> bool {
+    match error {
+        GitHubError::Transport { .. } => true,
+        GitHubError::Api { status, .. } => *status >= 500 || *status == 429 || *status == 403,
+        GitHubError::BadUrl { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        for attempt in 0..10 {
+            let d = policy.backoff(attempt);
+            let cap = Duration::from_millis(100 * (1 << attempt.min(16))).min(policy.max_delay);
+            assert!(
+                d <= cap && d >= cap / 2,
+                "attempt {attempt}: {d:?} vs {cap:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_encoded() {
+        assert_eq!(encode("agent:in-progress"), "agent%3Ain-progress");
+        assert_eq!(encode("a b"), "a%20b");
     }
 }

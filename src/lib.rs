@@ -12,4 +12,6 @@ pub mod llm;
 pub mod logging;
 pub mod runner;
 pub mod sandbox;
+pub mod secret_scan;
 pub mod workspace;
+pub mod store;

@@ -34,7 +34,59 @@ pub enum RunError {
     Rejected { issue: u64, message: String },
     #[error("{0}")]
     Task(String),
+    /// Failed for a reason outside the task (GitHub or the network down, rate limits):
+    /// worth retrying later.
+    #[error("{0}")]
+    Transient(String),
+    /// Another runner holds the issue.
+    #[error("issue #{issue} is being processed by {holder}")]
+    NotClaimed { issue: u64, holder: String },
 }
+
+impl RunError {
+    /// Whether retrying the task later may succeed (the failure was not the task's own).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::GitHub(e) => crate::github::is_transient(e),
+            RunError::Workspace(WorkspaceError::Git { .. }) => true,
+            RunError::Llm(LlmError::Request { .. } | LlmError::Timeout { .. }) => true,
+            RunError::Transient(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the daemon adds around one issue (claim, journal); `run_issue` uses [`NoHooks`].
+pub trait IssueHooks: Sync {
+    /// After the issue passed intake, before anything is posted. Ok(true): post the
+    /// "started" comment; Ok(false): the hook claimed and announced the task itself.
+    fn claim(
+        &self,
+        _github: &GitHub,
+        _task: &Task,
+    ) -> impl std::future::Future<Output = Result<bool, RunError>> + Send {
+        async { Ok(true) }
+    }
+    /// Before each side effect of the work (`cloning`, `agent`, `pushing`, `opening_pr`,
+    /// `commenting`) and after the PR exists (`pr`, with its number).
+    fn phase(
+        &self,
+        _task: &Task,
+        _phase: &'static str,
+        _pr_number: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<(), RunError>> + Send {
+        async { Ok(()) }
+    }
+    /// Whether a failure gets its "failed" comment now (not when it will be retried).
+    fn report_failure(&self, _transient: bool) -> bool {
+        true
+    }
+}
+
+/// `run-issue`: no claim, no journal.
+pub struct NoHooks;
+
+impl IssueHooks for NoHooks {}
 
 /// How long each phase took, for the summary.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +134,21 @@ impl Work<'_> {
     async fn run(&self, timings: &mut Timings) -> Result<AgentOutcome, RunError> {
         let ready = Instant::now();
         let docker = sandbox::connect().await?;
+        let runner_id = runner_id(self.config);
+        // What runs of this runner id left when they were killed. Best effort: a failure
+        // here must not stop the task, and the next start tries again.
+        match sandbox::remove_orphans(&docker, &runner_id).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(
+                    removed,
+                    "removed sandbox containers left behind by crashed runs"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for sandbox containers left by crashed runs")
+            }
+        }
         let image = match &self.image {
             Some(image) => image.clone(),
             None => {
@@ -91,42 +158,70 @@ impl Work<'_> {
                 .await?
             }
         };
+        let limits = limits(self.config);
+        let setup_cmd = self
+            .config
+            .sandbox
+            .setup_cmd
+            .as_deref()
+            .filter(|c| !c.trim().is_empty());
         let spec = SandboxSpec {
             image: Some(image),
-            limits: limits(self.config),
-            network: false,
+            limits: limits.clone(),
+            // Network only ever for the setup phase, which cuts it off before the agent runs.
+            network: setup_cmd.is_some() && self.config.sandbox.setup_network,
             runtime: self.config.sandbox.runtime.clone(),
-            runner_id: runner_id(self.config),
+            runner_id,
             task_id: self.task_id.to_string(),
         };
-        let container = Sandbox::start(&docker, &spec, self.worktree).await?;
-        timings.sandbox_ready = ready.elapsed();
         let budget = Budget {
             max_iterations: self.config.agent.max_iterations,
             max_wall: Duration::from_secs(self.config.agent.max_wall_secs),
             max_context_bytes: self.config.agent.max_context_bytes,
         };
+        // A backstop for hangs, not a budget: the agent checks its wall clock only between
+        // steps, so its last test run (and the setup) may each take a full command timeout.
+        let commands_after_budget = if setup_cmd.is_some() { 2 } else { 1 };
+        let rules = sandbox::Supervision {
+            wall_clock: Some(
+                budget.max_wall
+                    + limits.command_timeout * commands_after_budget
+                    + Duration::from_secs(300),
+            ),
+            stop_on_signals: true,
+        };
         let policy = PathPolicy {
             protect_workflows: self.config.agent.protect_workflows,
         };
         let transcript = transcript_path(self.config, self.task_id);
-        let result = AgentRun {
-            model: self.model,
-            sandbox: &container,
-            worktree: self.worktree,
-            instruction: self.instruction,
-            target_context: self.target_context,
-            test_cmd: self.test_cmd,
-            budget: &budget,
-            policy: &policy,
-            transcript: &transcript,
-        }
-        .run()
-        .await;
-        if let Err(e) = container.remove().await {
-            tracing::warn!(error = %e, "could not remove the sandbox container; it is removed at the next start");
-        }
-        let outcome = result?;
+        // Every way out of this block — `?`, the wall clock, a signal, a panic — ends with the
+        // container removed by `supervise`; `remove` here just reports a failure to remove.
+        let work = async {
+            let container = Sandbox::start(&docker, &spec, self.worktree).await?;
+            if let Some(command) = setup_cmd {
+                let setup = container.setup(command, limits.command_timeout).await?;
+                tracing::info!(result = %setup.summary(), "setup phase done; the sandbox has no network now");
+            }
+            timings.sandbox_ready = ready.elapsed();
+            let result = AgentRun {
+                model: self.model,
+                sandbox: &container,
+                worktree: self.worktree,
+                instruction: self.instruction,
+                target_context: self.target_context,
+                test_cmd: self.test_cmd,
+                budget: &budget,
+                policy: &policy,
+                transcript: &transcript,
+            }
+            .run()
+            .await;
+            if let Err(e) = container.remove().await {
+                tracing::warn!(error = %e, "could not remove the sandbox container; it is removed at the next start");
+            }
+            Ok::<_, RunError>(result?)
+        };
+        let outcome = sandbox::supervise(&docker, self.task_id, rules, work).await??;
         timings.tests = outcome.test_times.clone();
         timings.llm = outcome.llm_time;
         Ok(outcome)
@@ -234,6 +329,20 @@ fn fresh_dir(path: &Path) -> Result<(), RunError> {
         })?;
     }
     Ok(())
+}
+
+/// Refuses to publish a change that adds a credential (a model can be talked into writing
+/// one); the message names where, never what.
+fn refuse_credentials(ws: &Workspace, config: &Config) -> Result<(), RunError> {
+    let findings = crate::secret_scan::scan_diff(&ws.diff()?, &config.secret_values());
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    Err(RunError::Task(format!(
+        "refusing to push: the change adds what looks like a credential ({}). Nothing was pushed; remove it from the change and run the task again",
+        list.join("; ")
+    )))
 }
 
 fn commit_message(first_line: &str, outcome: &AgentOutcome, task_id: &str) -> String {
@@ -349,6 +458,9 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
     let mut branch_in = None;
     let publish = Instant::now();
     if !diff.is_empty() {
+        if request.push {
+            refuse_credentials(&ws, config)?;
+        }
         let first_line = format!("agent: {}", first_line(&request.instruction, 60));
         ws.commit_all(
             &commit_message(&first_line, &outcome, &task_id),
@@ -422,20 +534,30 @@ pub struct IssueReport {
 
 /// Processes one dispatch issue. Every comment passes through the redactor.
 pub async fn run_issue(config: &Config, issue_number: u64) -> Result<IssueReport, RunError> {
+    run_issue_with(config, issue_number, &NoHooks).await
+}
+
+/// [`run_issue`] with the daemon's hooks.
+pub async fn run_issue_with<H: IssueHooks>(
+    config: &Config,
+    issue_number: u64,
+    hooks: &H,
+) -> Result<IssueReport, RunError> {
     let token = config.github_token()?.clone();
     let dispatch_repo = config.dispatch_repo()?;
-    let default_target = config.default_target()?;
+    let rules = config.intake_rules()?;
     let github = GitHub::new(&config.github_api_url, &token)?;
     let redactor = config.redactor();
     let issue = github.issue(&dispatch_repo, issue_number).await?;
 
-    let task = match dispatch::parse_issue(&issue, default_target.as_ref()) {
+    let task = match dispatch::check_issue(&issue, &rules) {
         Ok(task) => task,
         Err(rejection) => {
-            let comment = dispatch::failed_comment(&config.agent_name, &rejection.message, None);
-            github
-                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
-                .await?;
+            if let Some(comment) = dispatch::rejection_comment(&config.agent_name, &rejection) {
+                github
+                    .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
+                    .await?;
+            }
             return Err(RunError::Rejected {
                 issue: issue_number,
                 message: rejection.message,
@@ -443,74 +565,104 @@ pub async fn run_issue(config: &Config, issue_number: u64) -> Result<IssueReport
         }
     };
     let span = tracing::info_span!("task", task_id = %task.task_id, issue = issue_number, target = %task.target_repo);
-    let _entered = span.enter();
-    github
-        .comment(
-            &dispatch_repo,
-            issue_number,
-            &redactor.redact(&dispatch::started_comment(
-                &config.agent_name,
-                chrono::Utc::now(),
-            )),
-        )
-        .await?;
-
+    // Instrumented rather than entered: an entered guard held across awaits would make the
+    // future !Send (the daemon spawns it) and attach the span to unrelated tasks.
     let run = IssueRun {
         config,
         github: &github,
         token: &token,
         dispatch_repo: &dispatch_repo,
         task: &task,
+        hooks,
     };
-    match run.execute().await {
-        Ok(report) => {
-            let comment = dispatch::completed_comment(&config.agent_name, &task, &report.pr_url);
+    tracing::Instrument::instrument(run.announce_and_execute(), span).await
+}
+
+impl<H: IssueHooks> IssueRun<'_, H> {
+    async fn announce_and_execute(&self) -> Result<IssueReport, RunError> {
+        let (config, github, dispatch_repo, task, hooks) = (
+            self.config,
+            self.github,
+            self.dispatch_repo,
+            self.task,
+            self.hooks,
+        );
+        let issue_number = task.issue_number;
+        let redactor = config.redactor();
+        if hooks.claim(github, task).await? {
             github
-                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
+                .comment(
+                    dispatch_repo,
+                    issue_number,
+                    &redactor.redact(&dispatch::started_comment(
+                        &config.agent_name,
+                        chrono::Utc::now(),
+                    )),
+                )
                 .await?;
-            Ok(report)
         }
-        Err(failure) => {
-            let comment = dispatch::failed_comment(
-                &config.agent_name,
-                &failure.reason,
-                failure.test_tail.as_deref(),
-            );
-            if let Err(e) = github
-                .comment(&dispatch_repo, issue_number, &redactor.redact(&comment))
-                .await
-            {
-                tracing::error!(error = %e, "could not post the failure comment");
+        match self.execute().await {
+            Ok(report) => {
+                hooks.phase(task, "commenting", None).await?;
+                let comment = dispatch::completed_comment(&config.agent_name, task, &report.pr_url);
+                github
+                    .comment(dispatch_repo, issue_number, &redactor.redact(&comment))
+                    .await?;
+                Ok(report)
             }
-            Err(RunError::Task(redactor.redact(&failure.reason)))
+            Err(failure) => {
+                if hooks.report_failure(failure.transient) {
+                    let comment = dispatch::failed_comment(
+                        &config.agent_name,
+                        &failure.reason,
+                        failure.test_tail.as_deref(),
+                    );
+                    if let Err(e) = github
+                        .comment(dispatch_repo, issue_number, &redactor.redact(&comment))
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not post the failure comment");
+                    }
+                }
+                let reason = redactor.redact(&failure.reason);
+                Err(if failure.transient {
+                    RunError::Transient(reason)
+                } else {
+                    RunError::Task(reason)
+                })
+            }
         }
     }
 }
 
-struct IssueRun<'a> {
+struct IssueRun<'a, H> {
     config: &'a Config,
     github: &'a GitHub,
     token: &'a Secret,
     dispatch_repo: &'a RepoName,
     task: &'a Task,
+    hooks: &'a H,
 }
 
 /// Why a started task failed, for its comment.
 struct Failure {
     reason: String,
     test_tail: Option<String>,
+    /// Not the task's fault (GitHub, network): the daemon retries it later.
+    transient: bool,
 }
 
 impl From<RunError> for Failure {
     fn from(e: RunError) -> Failure {
         Failure {
+            transient: e.is_transient(),
             reason: e.to_string(),
             test_tail: None,
         }
     }
 }
 
-impl IssueRun<'_> {
+impl<H: IssueHooks> IssueRun<'_, H> {
     async fn execute(&self) -> Result<IssueReport, Failure> {
         let started = Instant::now();
         let config = self.config;
@@ -536,6 +688,7 @@ impl IssueRun<'_> {
         let mut timings = Timings::default();
         let clone_started = Instant::now();
         let workdir = config.state_dir.join("work").join(&task.task_id);
+        self.hooks.phase(task, "cloning", None).await?;
         fresh_dir(&workdir)?;
         let ws = {
             let (url, branch, dir, token) = (
@@ -556,6 +709,7 @@ impl IssueRun<'_> {
             &task.target_repo.to_string(),
         )?;
 
+        self.hooks.phase(task, "agent", None).await?;
         let outcome = Work {
             config,
             model: model.as_ref(),
@@ -584,9 +738,11 @@ impl IssueRun<'_> {
                     transcript_path(config, &task.task_id).display()
                 ),
                 test_tail: Some(outcome.final_test().tail(40)),
+                transient: false,
             });
         }
 
+        refuse_credentials(&ws, config)?;
         let publish = Instant::now();
         let files_changed = ws.changed_files().map_err(RunError::from)?;
         let message = commit_message(
@@ -602,6 +758,7 @@ impl IssueRun<'_> {
             (&config.git_author_name, &config.git_author_email),
         )
         .map_err(RunError::from)?;
+        self.hooks.phase(task, "pushing", None).await?;
         {
             let (ws, url, branch, token) = (
                 ws,
@@ -625,6 +782,7 @@ impl IssueRun<'_> {
         let redactor: Redactor = config.redactor();
         let body = redactor.redact(&dispatch::pr_body(task, self.dispatch_repo, &report));
         let title = redactor.redact(&dispatch::pr_title(task));
+        self.hooks.phase(task, "opening_pr", None).await?;
         let (pr, pr_created) = self
             .github
             .open_or_update_pr(
@@ -636,6 +794,7 @@ impl IssueRun<'_> {
             )
             .await
             .map_err(RunError::from)?;
+        self.hooks.phase(task, "pr", Some(pr.number)).await?;
         timings.publish = publish.elapsed();
         timings.total = started.elapsed();
         Ok(IssueReport {

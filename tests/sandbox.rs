@@ -84,12 +84,15 @@ async fn env() -> &'static Env {
     .await
 }
 
-/// Removes containers left by earlier test processes (task ids start with `p<pid>-`).
+/// Removes containers left by earlier test processes that died (every runner id of these
+/// tests starts with `RUNNER`); those of test processes running now are left alone. A
+/// runner id ending in `-<pid>` belongs to that test process alone (its fakes may claim
+/// dead owners on purpose): all of it goes once that process is gone.
 async fn remove_leftovers(docker: &bollard::Docker) {
     use bollard::query_parameters::ListContainersOptionsBuilder;
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
-        vec![format!("{}={RUNNER}", sandbox::LABEL_RUNNER_ID)],
+        vec![sandbox::LABEL_RUNNER_ID.to_string()],
     )]);
     let list = docker
         .list_containers(Some(
@@ -100,18 +103,27 @@ async fn remove_leftovers(docker: &bollard::Docker) {
         ))
         .await
         .unwrap();
-    let live: Vec<String> = list
+    let mut runners: Vec<String> = list
         .iter()
-        .filter_map(|c| c.labels.as_ref()?.get(sandbox::LABEL_TASK_ID).cloned())
-        .filter(|t| {
-            t.strip_prefix('p')
-                .and_then(|r| r.split('-').next())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-        })
+        .filter_map(|c| c.labels.as_ref()?.get(sandbox::LABEL_RUNNER_ID).cloned())
+        .filter(|r| r.starts_with(RUNNER))
         .collect();
-    let n = sandbox::remove_stale(docker, RUNNER, &live).await.unwrap();
-    if n > 0 {
-        eprintln!("removed {n} containers of earlier test runs");
+    runners.sort();
+    runners.dedup();
+    for runner in runners {
+        let test_pid = runner
+            .rsplit('-')
+            .next()
+            .filter(|_| runner != RUNNER)
+            .and_then(|p| p.parse::<u32>().ok());
+        let n = match test_pid {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => 0,
+            Some(_) => sandbox::remove_stale(docker, &runner, &[]).await.unwrap(),
+            None => sandbox::remove_orphans(docker, &runner).await.unwrap(),
+        };
+        if n > 0 {
+            eprintln!("removed {n} containers of earlier test runs");
+        }
     }
 }
 
@@ -582,4 +594,410 @@ fn remove_stale_removes_dead_tasks_only() {
             0
         );
     });
+}
+
+async fn container_exists(docker: &bollard::Docker, id: &str) -> bool {
+    match docker.inspect_container(id, None).await {
+        Ok(_) => true,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
+        Err(e) => panic!("inspect {id}: {e}"),
+    }
+}
+
+/// Waits until the container is gone (background removals take a moment); false if it is
+/// still there after `limit`.
+async fn gone_within(docker: &bollard::Docker, id: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if !container_exists(docker, id).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The containers of this test process for `task`.
+async fn own_containers(docker: &bollard::Docker, task: &str) -> Vec<String> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}={task}", sandbox::LABEL_TASK_ID)],
+    )]);
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+#[test]
+fn dropped_or_cancelled_sandboxes_are_removed() {
+    run("dropped_or_cancelled_sandboxes_are_removed", async {
+        let env = env().await;
+        let wt = tempfile::tempdir().unwrap();
+        // Dropped without remove().
+        let sb = Sandbox::start(&env.docker, &spec("dropped", Limits::default()), wt.path())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dropped = sb.container_id().to_string();
+        drop(sb);
+        // A future cancelled while its command runs (a caller's timeout, a shutdown).
+        let cancelled = spec("cancelled", Limits::default());
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let work = async {
+            let sb = Sandbox::start(&env.docker, &cancelled, wt.path())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            started_tx.send(sb.container_id().to_string()).unwrap();
+            sb.exec("sleep 100").await.unwrap();
+        };
+        let running = async {
+            let id = started_rx.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            id
+        };
+        let cancelled_id = tokio::select! {
+            () = work => panic!("the sleep outlived the cancellation"),
+            id = running => id,
+        };
+        assert!(gone_within(&env.docker, &dropped, Duration::from_secs(10)).await);
+        assert!(gone_within(&env.docker, &cancelled_id, Duration::from_secs(10)).await);
+        assert!(
+            own_containers(&env.docker, &cancelled.task_id)
+                .await
+                .is_empty()
+        );
+    });
+}
+
+#[test]
+fn supervise_removes_the_container_on_every_way_out() {
+    run("supervise_removes_the_container_on_every_way_out", async {
+        let env = env().await;
+        let wt = tempfile::tempdir().unwrap();
+        let rules = |wall: u64| sandbox::Supervision {
+            wall_clock: Some(Duration::from_secs(wall)),
+            stop_on_signals: false,
+        };
+
+        // Wall clock: the work is stopped mid-command and its container is already gone.
+        let s = spec("wall", Limits::default());
+        let started = Instant::now();
+        let result = sandbox::supervise(&env.docker, &s.task_id, rules(3), async {
+            let sb = Sandbox::start(&env.docker, &s, wt.path()).await.unwrap();
+            sb.exec("sleep 100").await.unwrap();
+        })
+        .await;
+        let took = started.elapsed();
+        let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("wall-clock limit of 3s"), "{err}");
+        assert!(took < Duration::from_secs(8), "{took:?}");
+        assert!(own_containers(&env.docker, &s.task_id).await.is_empty());
+
+        // An error after the sandbox was leaked (no Drop at all): the label sweep removes it.
+        let s = spec("error", Limits::default());
+        let result = sandbox::supervise(&env.docker, &s.task_id, rules(60), async {
+            let sb = Sandbox::start(&env.docker, &s, wt.path()).await.unwrap();
+            std::mem::forget(sb);
+            Err::<(), _>("model failed")
+        })
+        .await;
+        assert!(matches!(result, Ok(Err("model failed"))));
+        assert!(own_containers(&env.docker, &s.task_id).await.is_empty());
+
+        // A panic: removed first, then the panic goes on.
+        let s = spec("panic", Limits::default());
+        let supervised = sandbox::supervise(&env.docker, &s.task_id, rules(60), async {
+            let sb = Sandbox::start(&env.docker, &s, wt.path()).await.unwrap();
+            assert!(sb.exec("true").await.unwrap().passed());
+            panic!("bug in the agent loop");
+        });
+        let caught =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(supervised)).await;
+        let message = caught
+            .err()
+            .and_then(|p| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert_eq!(message, "bug in the agent loop");
+        assert!(own_containers(&env.docker, &s.task_id).await.is_empty());
+
+        // Success: the value comes back, and a sandbox the work forgot is removed too.
+        let s = spec("ok", Limits::default());
+        let value = sandbox::supervise(&env.docker, &s.task_id, rules(60), async {
+            let _sb = Sandbox::start(&env.docker, &s, wt.path()).await.unwrap();
+            42
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 42);
+        assert!(own_containers(&env.docker, &s.task_id).await.is_empty());
+    });
+}
+
+/// Creates (without starting) a container that claims to belong to `owner`.
+async fn fake_owned_container(env: &Env, runner: &str, task: &str, owner: Option<&str>) -> String {
+    let mut labels = std::collections::HashMap::from([
+        (sandbox::LABEL_RUNNER_ID.to_string(), runner.to_string()),
+        (sandbox::LABEL_TASK_ID.to_string(), task.to_string()),
+    ]);
+    if let Some(owner) = owner {
+        labels.insert(sandbox::LABEL_OWNER.to_string(), owner.to_string());
+    }
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(env.image.clone()),
+        cmd: Some(vec!["true".into()]),
+        labels: Some(labels),
+        network_disabled: Some(true),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    env.docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+#[test]
+fn remove_orphans_removes_containers_of_dead_processes_only() {
+    run(
+        "remove_orphans_removes_containers_of_dead_processes_only",
+        async {
+            let env = env().await;
+            let runner = format!("{RUNNER}-orphans-{}", std::process::id());
+            let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+            let host = read("/proc/sys/kernel/hostname");
+            let boot = read("/proc/sys/kernel/random/boot_id");
+            let stat = read("/proc/self/stat");
+            let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .nth(19)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let me = std::process::id();
+            let pid_max: u32 = read("/proc/sys/kernel/pid_max").parse().unwrap();
+            let wt = tempfile::tempdir().unwrap();
+            // This process, alive: a real sandbox.
+            let live = Sandbox::start(
+                &env.docker,
+                &SandboxSpec {
+                    image: Some(env.image.clone()),
+                    runner_id: runner.clone(),
+                    task_id: "live".into(),
+                    ..SandboxSpec::default()
+                },
+                wt.path(),
+            )
+            .await
+            .unwrap();
+            let gone_pid = fake_owned_container(
+                env,
+                &runner,
+                "gone",
+                Some(&format!("{host}:{}:{start}:{boot}", pid_max + 1)),
+            )
+            .await;
+            let recycled = fake_owned_container(
+                env,
+                &runner,
+                "recycled",
+                Some(&format!("{host}:{me}:{}:{boot}", start + 1)),
+            )
+            .await;
+            let old_boot = fake_owned_container(
+                env,
+                &runner,
+                "old-boot",
+                Some(&format!("{host}:{me}:{start}:an-earlier-boot")),
+            )
+            .await;
+            let other_host = fake_owned_container(
+                env,
+                &runner,
+                "other-host",
+                Some(&format!("elsewhere:{}:1:{boot}", pid_max + 1)),
+            )
+            .await;
+            let unlabelled = fake_owned_container(env, &runner, "unlabelled", None).await;
+            // Another runner id, dead owner: not this runner's business.
+            let other_runner = fake_owned_container(
+                env,
+                &format!("{RUNNER}-orphans-other-{me}"),
+                "x",
+                Some(&format!("{host}:{}:{start}:{boot}", pid_max + 1)),
+            )
+            .await;
+
+            let n = sandbox::remove_orphans(&env.docker, &runner).await.unwrap();
+            let mut survivors = vec![];
+            for (name, id) in [
+                ("live", live.container_id()),
+                ("gone", &gone_pid),
+                ("recycled", &recycled),
+                ("old-boot", &old_boot),
+                ("other-host", &other_host),
+                ("unlabelled", &unlabelled),
+                ("other-runner", &other_runner),
+            ] {
+                if container_exists(&env.docker, id).await {
+                    survivors.push(name);
+                }
+            }
+            for id in [&other_host, &unlabelled, &other_runner] {
+                let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let _ = env.docker.remove_container(id, Some(options)).await;
+            }
+            live.remove().await.unwrap();
+            assert_eq!(
+                survivors,
+                ["live", "other-host", "unlabelled", "other-runner"]
+            );
+            assert_eq!(n, 3);
+        },
+    );
+}
+
+/// A one-shot TCP server on the address the containers of the default bridge see as their
+/// gateway: this machine, created by this machine's Docker. Nothing outside is contacted.
+struct GatewayServer {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayServer {
+    async fn start(gateway: &str) -> GatewayServer {
+        let listener = tokio::net::TcpListener::bind((gateway, 0))
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on the bridge gateway {gateway}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ =
+                    tokio::io::AsyncWriteExt::write_all(&mut conn, b"hello from the host\n").await;
+            }
+        });
+        GatewayServer {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for GatewayServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[test]
+fn setup_phase_has_network_and_the_agent_phase_has_none() {
+    run(
+        "setup_phase_has_network_and_the_agent_phase_has_none",
+        async {
+            let env = env().await;
+            let wt = tempfile::tempdir().unwrap();
+            let networked = SandboxSpec {
+                network: true,
+                ..spec("setup", Limits::default())
+            };
+            let sb = Sandbox::start(&env.docker, &networked, wt.path())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let info = env
+                .docker
+                .inspect_container(sb.container_id(), None)
+                .await
+                .unwrap();
+            let networks = info.network_settings.unwrap().networks.unwrap();
+            assert_eq!(networks.keys().collect::<Vec<_>>(), ["bridge"]);
+            let gateway = networks["bridge"].gateway.clone().unwrap();
+            assert!(
+                gateway.starts_with("172.")
+                    || gateway.starts_with("10.")
+                    || gateway.starts_with("192.168."),
+                "not a private address: {gateway}"
+            );
+            let server = GatewayServer::start(&gateway).await;
+            let (ip, port) = (server.addr.ip(), server.addr.port());
+            let connect = format!(
+                "python3 -c \"import socket\ntry:\n    s = socket.create_connection(('{ip}', {port}), timeout=3)\n    print('got:', s.recv(100).decode().strip())\nexcept OSError as e:\n    print('blocked:', e)\n\""
+            );
+
+            let setup = sb
+                .setup(&connect, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(setup.output, "got: hello from the host\n", "{setup:?}");
+            assert_eq!(server.accepted(), 1);
+
+            // Cut: Docker lists no network, the container has only loopback, and the same
+            // connection now fails without reaching the server.
+            let info = env
+                .docker
+                .inspect_container(sb.container_id(), None)
+                .await
+                .unwrap();
+            let left = info
+                .network_settings
+                .and_then(|n| n.networks)
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{:?}", left.keys());
+            let o = sh(&sb, "ls /sys/class/net").await;
+            assert_eq!(o.output, "lo\n");
+            let o = sh(&sb, &connect).await;
+            assert!(o.output.starts_with("blocked:"), "{}", o.output);
+            assert_eq!(server.accepted(), 1);
+            // Cutting again is harmless.
+            sb.cut_network().await.unwrap();
+            sb.remove().await.unwrap();
+
+            // A failing setup fails, and the network is cut all the same.
+            let sb = Sandbox::start(&env.docker, &networked, wt.path())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let err = sb
+                .setup("echo installing; exit 3", Duration::from_secs(30))
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("`echo installing; exit 3` failed: exit 3")
+                    && err.ends_with("installing\n"),
+                "{err}"
+            );
+            let o = sh(&sb, "ls /sys/class/net").await;
+            assert_eq!(o.output, "lo\n");
+            sb.remove().await.unwrap();
+        },
+    );
 }

@@ -265,6 +265,9 @@ pub(crate) fn longest_prefix(hay: &Haystack<'_>, needle: &[String]) -> (usize, V
     (k, starts)
 }
 
+/// Lines are cut to this many characters before they are compared.
+const CUT: usize = 200;
+
 /// Similarity of two lines in `0..=1`, ignoring surrounding whitespace.
 fn line_ratio(a: &str, b: &str) -> f32 {
     let (a, b) = (a.trim(), b.trim());
@@ -274,9 +277,50 @@ fn line_ratio(a: &str, b: &str) -> f32 {
     if a.is_empty() || b.is_empty() {
         return 0.0;
     }
-    let cut = |s: &str| -> String { s.chars().take(200).collect() };
+    let cut = |s: &str| -> String { s.chars().take(CUT).collect() };
     let (a, b) = (cut(a), cut(b));
     similar::TextDiff::from_chars(a.as_str(), b.as_str()).ratio()
+}
+
+/// What [`Profile::bound`] needs of a line: its trimmed text, its length in characters
+/// once cut, and a histogram of those characters (ASCII one bucket each, the rest shared).
+struct Profile<'a> {
+    trimmed: &'a str,
+    len: usize,
+    hist: [u8; 129],
+}
+
+impl<'a> Profile<'a> {
+    fn new(line: &'a str) -> Self {
+        let trimmed = line.trim();
+        let mut hist = [0u8; 129];
+        let mut len = 0;
+        for c in trimmed.chars().take(CUT) {
+            let i = if c.is_ascii() { c as usize } else { 128 };
+            hist[i] += 1;
+            len += 1;
+        }
+        Profile { trimmed, len, hist }
+    }
+
+    /// An upper bound of [`line_ratio`], computed the same way: `similar`'s ratio is
+    /// `2 * matching chars / (len a + len b)`, and the matching characters are at most the
+    /// multiset intersection of the two lines' characters.
+    fn bound(&self, o: &Profile<'_>) -> f32 {
+        if self.trimmed == o.trimmed {
+            return 1.0;
+        }
+        if self.len == 0 || o.len == 0 {
+            return 0.0;
+        }
+        let inter: usize = self
+            .hist
+            .iter()
+            .zip(&o.hist)
+            .map(|(a, b)| usize::from(*a.min(b)))
+            .sum();
+        2.0 * inter as f32 / (self.len + o.len) as f32
+    }
 }
 
 fn words(s: &str) -> std::collections::HashSet<&str> {
@@ -285,10 +329,41 @@ fn words(s: &str) -> std::collections::HashSet<&str> {
         .collect()
 }
 
+/// Start lines of the windows worth scoring: all of them on small inputs; on big ones a
+/// word-overlap pre-filter keeps the 8 best.
+fn candidate_windows(file: &[&str], needle: &[String], w: usize) -> Vec<usize> {
+    let (n, m) = (file.len(), needle.len());
+    if n * m <= 20_000 {
+        return (0..=n - w).collect();
+    }
+    let fw: Vec<_> = file.iter().map(|l| words(l)).collect();
+    let nw: Vec<_> = needle.iter().map(|l| words(l)).collect();
+    let jac = |a: &std::collections::HashSet<&str>, b: &std::collections::HashSet<&str>| {
+        let inter = a.intersection(b).count();
+        let uni = a.len() + b.len() - inter;
+        if uni == 0 {
+            1.0
+        } else {
+            inter as f32 / uni as f32
+        }
+    };
+    let mut pre: Vec<(usize, f32)> = (0..=n - w)
+        .map(|s| (s, (0..w).map(|k| jac(&fw[s + k], &nw[k])).sum::<f32>()))
+        .collect();
+    pre.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    pre.into_iter().take(8).map(|(s, _)| s).collect()
+}
+
 /// The region of the file most similar to `needle`: `(start, len, score)`.
 /// A sliding window of the needle's length is scored line by line with
 /// `similar`'s character ratio; on big inputs a word-overlap pre-filter
-/// picks the windows worth scoring.
+/// picks the windows worth scoring. The best score wins, the earliest
+/// window among equals.
+///
+/// The character diffs are what costs, so windows are visited best upper
+/// bound first (see [`Profile::bound`]) and the visit stops once no bound
+/// can reach the best score found: the answer is the exhaustive search's,
+/// at a fraction of the diffs.
 pub(crate) fn closest_region(doc: &Doc, needle: &[String]) -> Option<(usize, usize, f32)> {
     let n = doc.len();
     let m = needle.len();
@@ -297,35 +372,54 @@ pub(crate) fn closest_region(doc: &Doc, needle: &[String]) -> Option<(usize, usi
     }
     let w = m.min(n);
     let file: Vec<&str> = doc.lines.iter().map(|l| l.text.as_str()).collect();
-    let score = |s: usize| -> f32 {
-        (0..w)
+    let starts = candidate_windows(&file, needle, w);
+    let fp: Vec<Profile<'_>> = file.iter().map(|l| Profile::new(l)).collect();
+    let np: Vec<Profile<'_>> = needle[..w].iter().map(|l| Profile::new(l)).collect();
+    // Each bound is summed in the same order as its score, and float
+    // addition is monotone, so a window's score never exceeds its bound.
+    let mut order: Vec<(f32, usize)> = starts
+        .iter()
+        .map(|&s| {
+            let sum: f32 = (0..w).map(|k| fp[s + k].bound(&np[k])).sum();
+            (sum / m as f32, s)
+        })
+        .collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut best: Option<(usize, f32)> = None;
+    for (bound, s) in order {
+        if best.is_some_and(|(_, b)| bound < b) {
+            break;
+        }
+        let sc = (0..w)
             .map(|k| line_ratio(file[s + k], &needle[k]))
             .sum::<f32>()
-            / m as f32
-    };
-    let starts: Vec<usize> = if n * m <= 20_000 {
-        (0..=n - w).collect()
-    } else {
-        let fw: Vec<_> = file.iter().map(|l| words(l)).collect();
-        let nw: Vec<_> = needle.iter().map(|l| words(l)).collect();
-        let jac = |a: &std::collections::HashSet<&str>, b: &std::collections::HashSet<&str>| {
-            let inter = a.intersection(b).count();
-            let uni = a.len() + b.len() - inter;
-            if uni == 0 {
-                1.0
-            } else {
-                inter as f32 / uni as f32
-            }
-        };
-        let mut pre: Vec<(usize, f32)> = (0..=n - w)
-            .map(|s| (s, (0..w).map(|k| jac(&fw[s + k], &nw[k])).sum::<f32>()))
-            .collect();
-        pre.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        pre.into_iter().take(8).map(|(s, _)| s).collect()
-    };
+            / m as f32;
+        if best.is_none_or(|(bs, b)| sc > b || (sc == b && s < bs)) {
+            best = Some((s, sc));
+        }
+    }
+    best.map(|(s, sc)| (s, w, sc))
+}
+
+/// The exhaustive search [`closest_region`] must agree with.
+#[cfg(test)]
+pub(crate) fn closest_region_exhaustive(
+    doc: &Doc,
+    needle: &[String],
+) -> Option<(usize, usize, f32)> {
+    let n = doc.len();
+    let m = needle.len();
+    if n == 0 || m == 0 {
+        return None;
+    }
+    let w = m.min(n);
+    let file: Vec<&str> = doc.lines.iter().map(|l| l.text.as_str()).collect();
     let mut best: Option<(usize, usize, f32)> = None;
-    for s in starts {
-        let sc = score(s);
+    for s in candidate_windows(&file, needle, w) {
+        let sc = (0..w)
+            .map(|k| line_ratio(file[s + k], &needle[k]))
+            .sum::<f32>()
+            / m as f32;
         if best.is_none_or(|b| sc > b.2) {
             best = Some((s, w, sc));
         }

@@ -231,3 +231,32 @@ proptest! {
         }
     }
 }
+
+/// Lines that share many characters, so that bounds are close and ties common.
+const SIMILAR: &[&str] = &[
+    "let x = 1;",
+    "let y = 1;",
+    "    let x = 1;",
+    "let x = 2; // é",
+    "fn f(x: u8) {}",
+    "fn g(x: u8) {}",
+    "}",
+    "",
+    "é",
+    "return x;",
+];
+
+proptest! {
+    #[test]
+    fn closest_region_pruned_search_equals_exhaustive(
+        file in text_n(SIMILAR, 40),
+        needle in prop::collection::vec(prop::sample::select(SIMILAR), 1..6),
+    ) {
+        let doc = super::text::Doc::parse(&file);
+        let needle: Vec<String> = needle.iter().map(|s| s.to_string()).collect();
+        prop_assert_eq!(
+            super::matching::closest_region(&doc, &needle),
+            super::matching::closest_region_exhaustive(&doc, &needle)
+        );
+    }
+}

@@ -11,16 +11,15 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions,
     MountVolumeOptionsDriverConfig, ResourcesUlimits,
 };
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::exec::EXEC_USER;
 use super::files::{self, ChannelWriter, SyncAction};
-use super::{LABEL_RUNNER_ID, LABEL_TASK_ID, SANDBOX_UID, SandboxError, SandboxSpec};
+use super::owner::{self, Owner};
+use super::reap::remove_container;
+use super::{LABEL_OWNER, LABEL_RUNNER_ID, LABEL_TASK_ID, SANDBOX_UID, SandboxError, SandboxSpec};
 
 /// PID 1 (`docker-init` + `sleep infinity`) runs as `nobody`, not as the sandbox user, so
 /// `kill -9 -1` by the sandbox user can clean up every command without stopping the container.
@@ -33,9 +32,10 @@ const ENV: [&str; 3] = [
     "LANG=C.UTF-8",
 ];
 
-/// A running sandbox container. Remove it with [`Sandbox::remove`]; a dropped `Sandbox`
-/// is removed in the background on a best-effort basis (and [`remove_stale`] catches the
-/// rest).
+/// A running sandbox container. Remove it with [`Sandbox::remove`]. A `Sandbox` dropped
+/// without `remove` (an early return, a panic, a cancelled future) is removed in the
+/// background; [`super::supervise`] also waits for that removal, and what a killed process
+/// leaves behind is removed by [`super::remove_orphans`] at the next start.
 #[derive(Debug)]
 pub struct Sandbox {
     pub(crate) docker: Docker,
@@ -103,6 +103,7 @@ fn unique_suffix() -> String {
 pub(crate) fn container_config(
     spec: &SandboxSpec,
     image: &str,
+    owner: Option<&Owner>,
 ) -> Result<ContainerCreateBody, SandboxError> {
     let l = &spec.limits;
     check_size("workspace_size", &l.workspace_size)?;
@@ -119,10 +120,13 @@ pub(crate) fn container_config(
             )));
         }
     }
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_RUNNER_ID.to_string(), spec.runner_id.clone()),
         (LABEL_TASK_ID.to_string(), spec.task_id.clone()),
     ]);
+    if let Some(owner) = owner {
+        labels.insert(LABEL_OWNER.to_string(), owner.label());
+    }
     // /workspace: an anonymous volume backed by a size-limited tmpfs. Docker's archive API
     // (used to copy files in) can write into volumes even with a read-only rootfs, but not
     // into `--tmpfs` mounts. Anonymous volumes go away with `remove(v=true)`.
@@ -205,7 +209,7 @@ impl Sandbox {
             )
             .await?,
         };
-        let config = container_config(spec, &image)?;
+        let config = container_config(spec, &image, owner::current())?;
         let name = format!(
             "agent-runner-{}-{}-{}",
             name_part(&spec.runner_id),
@@ -334,72 +338,38 @@ impl Drop for Sandbox {
         if self.removed {
             return;
         }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let docker = self.docker.clone();
-            let id = self.id.clone();
-            handle.spawn(async move {
-                if let Err(e) = remove_container(&docker, &id).await {
-                    tracing::warn!(container = %id, "removing a dropped sandbox failed: {e}");
+        let docker = self.docker.clone();
+        let id = std::mem::take(&mut self.id);
+        tracing::debug!(container = %id, "sandbox dropped without remove(); removing it");
+        let removal = async move {
+            if let Err(e) = remove_container(&docker, &id).await {
+                tracing::warn!(container = %id, "removing a dropped sandbox failed: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(removal);
+            }
+            // Dropped outside any runtime (e.g. at the end of a synchronous test): a thread
+            // of its own, since blocking here could stall whatever is dropping us.
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("sandbox-removal".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(removal),
+                            Err(e) => tracing::warn!("cannot remove a dropped sandbox: {e}"),
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot remove a dropped sandbox: {e}");
                 }
-            });
+            }
         }
     }
-}
-
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
-    let options = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        // 409: removal already in progress.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes every container labelled with `runner_id` whose task id is not in
-/// `live_task_ids` (with its anonymous volumes); returns how many were removed.
-pub async fn remove_stale(
-    docker: &Docker,
-    runner_id: &str,
-    live_task_ids: &[String],
-) -> Result<usize, SandboxError> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_RUNNER_ID}={runner_id}")],
-    )]);
-    let list = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    let mut removed = 0;
-    for c in list {
-        let labels = c.labels.unwrap_or_default();
-        if labels.get(LABEL_RUNNER_ID).map(String::as_str) != Some(runner_id) {
-            continue;
-        }
-        let task = labels.get(LABEL_TASK_ID).cloned().unwrap_or_default();
-        if live_task_ids.contains(&task) {
-            continue;
-        }
-        if let Some(id) = c.id {
-            tracing::info!(container = %id, task = %task, "removing stale sandbox");
-            remove_container(docker, &id).await?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]
@@ -414,7 +384,7 @@ mod tests {
             task_id: "t".into(),
             ..Default::default()
         };
-        let c = container_config(&spec, "img")?;
+        let c = container_config(&spec, "img", None)?;
         let h = c.host_config.clone().unwrap_or_default();
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(c.network_disabled, Some(true));
@@ -446,12 +416,12 @@ mod tests {
             },
             ..SandboxSpec::default()
         };
-        assert!(container_config(&spec, "img").is_err());
+        assert!(container_config(&spec, "img", None).is_err());
         spec.limits.workspace_size = "100m".into();
         spec.limits.tmp_size = "".into();
-        assert!(container_config(&spec, "img").is_err());
+        assert!(container_config(&spec, "img", None).is_err());
         spec.limits.tmp_size = "1048576".into();
-        assert!(container_config(&spec, "img").is_ok());
+        assert!(container_config(&spec, "img", None).is_ok());
     }
 
     #[test]

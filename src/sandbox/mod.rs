@@ -7,24 +7,38 @@
 //! * [`connect`]: reach the Docker Engine (honours `DOCKER_HOST`, negotiates the API version).
 //! * [`ensure_default_image`]: the default image, built offline from Debian packages
 //!   (recipe in `sandbox/` of the repository, embedded in the binary).
-//! * [`Sandbox`]: one long-lived container per task (`start`, `exec`, `sync`, `remove`).
-//! * [`remove_stale`]: clean up the containers of tasks that are no longer live.
+//! * [`Sandbox`]: one long-lived container per task (`start`, `setup`, `exec`, `sync`,
+//!   `remove`).
+//! * [`supervise`]: runs a task's sandbox work so that its container is removed on every
+//!   way out (error, wall clock, SIGINT/SIGTERM, panic).
+//! * [`remove_orphans`]: at start-up, remove what a crashed process left behind;
+//!   [`remove_own`]: what this process still has; [`remove_stale`]: the containers of tasks
+//!   that are no longer live.
 
 mod container;
 mod exec;
 mod files;
 mod image;
+mod network;
+mod owner;
+mod reap;
+mod supervise;
 
 use std::time::Duration;
 
-pub use container::{Sandbox, remove_stale};
+pub use container::Sandbox;
 pub use exec::ExecOutcome;
 pub use image::{default_image_tag, ensure_default_image, recipe_hash};
+pub use reap::{remove_orphans, remove_own, remove_stale};
+pub use supervise::{Supervision, supervise};
 
 /// Label that carries the runner id on every container we create.
 pub const LABEL_RUNNER_ID: &str = "agent-runner.runner-id";
 /// Label that carries the task id on every container we create.
 pub const LABEL_TASK_ID: &str = "agent-runner.task-id";
+/// Label that names the process that created the container:
+/// `<hostname>:<pid>:<process start time>:<boot id>` (see [`remove_orphans`]).
+pub const LABEL_OWNER: &str = "agent-runner.owner";
 
 /// Uid and gid of the unprivileged `sandbox` user of the image (see `sandbox/Dockerfile`).
 pub const SANDBOX_UID: u32 = 10001;
@@ -72,7 +86,8 @@ pub struct SandboxSpec {
     /// `sh`, coreutils `timeout`, `kill`, `rm` and `cat`; commands run as uid 10001.
     pub image: Option<String>,
     pub limits: Limits,
-    /// `false` (default) = no network at all (`network_mode: none`).
+    /// `false` (default) = no network at all (`network_mode: none`). `true` = the default
+    /// `bridge` network, for a setup phase only: [`Sandbox::setup`] cuts it off.
     pub network: bool,
     /// OCI runtime, e.g. `Some("runsc")` for gVisor; `None` = the engine's default.
     pub runtime: Option<String>,
@@ -105,6 +120,29 @@ pub enum SandboxError {
         "command could not be run in the sandbox: {0}. The container may be gone; start a new sandbox."
     )]
     Exec(String),
+    #[error(
+        "the setup command `{command}` failed: {summary}. The agent phase was not started; fix \
+         the setup command (sandbox.setup_cmd). Last output:\n{tail}"
+    )]
+    Setup {
+        command: String,
+        summary: String,
+        tail: String,
+    },
+    #[error(
+        "the sandbox could not be cut off from the network after the setup phase: {0}. The \
+         task was stopped rather than run with network access; check the Docker Engine's \
+         networks, or run without sandbox.setup_cmd."
+    )]
+    NetworkCut(String),
+    #[error(
+        "the task ran into its wall-clock limit of {}s and was stopped; its sandbox was \
+         removed. Raise agent.max_wall_secs or sandbox.command_timeout_secs if it needs longer.",
+        limit.as_secs()
+    )]
+    WallClock { limit: Duration },
+    #[error("interrupted by {signal}; the sandbox was removed. Run the task again to redo it.")]
+    Interrupted { signal: &'static str },
 }
 
 /// Connects to the Docker Engine named by `DOCKER_HOST` (default: the local unix socket),
@@ -207,6 +245,19 @@ mod tests {
         send(sandbox.exec("true"));
         send(sandbox.sync(path, &[]));
         send(remove_stale(docker, "runner", &[]));
+        send(remove_orphans(docker, "runner"));
+        send(remove_own(docker, None));
+        send(sandbox.setup("true", Duration::from_secs(1)));
+        let rules = Supervision {
+            wall_clock: None,
+            stop_on_signals: true,
+        };
+        send(supervise(
+            docker,
+            "task",
+            rules,
+            Sandbox::start(docker, spec, path),
+        ));
     }
 
     #[test]
