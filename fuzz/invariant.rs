@@ -72,13 +72,104 @@ fn setup(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies `reply` to a fresh copy of [`FILES`]; `Err` describes a broken invariant.
-pub fn check(reply: &str, dry_run: bool) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    setup(dir.path())?;
-    let before = snapshot(dir.path())?;
-    let result = edit::apply(&dir.path().join("root"), reply, &PathPolicy::default(), dry_run);
-    let after = snapshot(dir.path())?;
+/// A worktree holding [`FILES`] and the file [`OUTSIDE`] it, reused from one reply to the
+/// next and rebuilt only after a reply changed it (most replies are refused, and building
+/// it is what costs).
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    baseline: Snapshot,
+}
+
+impl Fixture {
+    pub fn new() -> Result<Fixture, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        setup(dir.path())?;
+        let baseline = snapshot(dir.path())?;
+        Ok(Fixture { dir, baseline })
+    }
+
+    /// Applies `reply` to the worktree; `Err` describes a broken invariant.
+    pub fn check(&mut self, reply: &str, dry_run: bool) -> Result<(), String> {
+        let root = self.dir.path().join("root");
+        let result = edit::apply(&root, reply, &PathPolicy::default(), dry_run);
+        let after = snapshot(self.dir.path())?;
+        let verdict = judge(&self.baseline, &after, result, dry_run);
+        if after != self.baseline {
+            self.reset(&after)?;
+        }
+        verdict
+    }
+
+    /// Puts back what a reply changed: a fresh build would redo every file.
+    fn reset(&mut self, after: &Snapshot) -> Result<(), String> {
+        let base = self.dir.path();
+        let err = |e: std::io::Error| e.to_string();
+        for rel in after.keys() {
+            if !self.baseline.contains_key(rel) {
+                std::fs::remove_file(base.join(rel)).map_err(err)?;
+            }
+        }
+        for (rel, bytes) in &self.baseline {
+            if after.get(rel) == Some(bytes) {
+                continue;
+            }
+            let p = base.join(rel);
+            if rel == "root/link.txt" {
+                // Only a symlink in the fixture; rebuilding it is simplest.
+                let _ = std::fs::remove_file(&p);
+                std::fs::remove_dir_all(base.join("root")).map_err(err)?;
+                std::fs::remove_file(base.join(OUTSIDE.0)).map_err(err)?;
+                setup(base)?;
+                return self.check_reset();
+            }
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            std::fs::write(&p, bytes).map_err(err)?;
+        }
+        remove_new_dirs(&base.join("root"), &self.baseline, base)?;
+        self.check_reset()
+    }
+
+    fn check_reset(&self) -> Result<(), String> {
+        if snapshot(self.dir.path())? == self.baseline {
+            Ok(())
+        } else {
+            Err("the fixture could not be restored".into())
+        }
+    }
+}
+
+/// Removes directories a reply created (those holding no baseline file).
+fn remove_new_dirs(d: &Path, baseline: &Snapshot, base: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(d).map_err(|e| e.to_string())?;
+    for e in entries {
+        let e = e.map_err(|e| e.to_string())?;
+        if !e.file_type().map_err(|e| e.to_string())?.is_dir() {
+            continue;
+        }
+        let path = e.path();
+        let rel = path
+            .strip_prefix(base)
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let prefix = format!("{rel}/");
+        if baseline.keys().any(|k| k.starts_with(&prefix)) {
+            remove_new_dirs(&path, baseline, base)?;
+        } else {
+            std::fs::remove_dir_all(&path).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn judge(
+    before: &Snapshot,
+    after: &Snapshot,
+    result: Result<edit::ApplyReport, edit::EditError>,
+    dry_run: bool,
+) -> Result<(), String> {
     let report = match result {
         Err(e) if before != after => {
             return Err(format!("the error `{e}` left changed files behind"));
@@ -88,7 +179,10 @@ pub fn check(reply: &str, dry_run: bool) -> Result<(), String> {
     };
     if !report.applied {
         if before != after {
-            return Err(format!("a refused reply changed files: {:#?}", report.blocks));
+            return Err(format!(
+                "a refused reply changed files: {:#?}",
+                report.blocks
+            ));
         }
         if !report.changes.is_empty() || !report.diff.is_empty() {
             return Err("a refused reply reports changes".into());
@@ -122,7 +216,9 @@ pub fn check(reply: &str, dry_run: bool) -> Result<(), String> {
             ChangeKind::Deleted => b.is_some() && a.is_none(),
         };
         if !consistent {
-            return Err(format!("`{k}` is reported {kind:?}, which is not what happened"));
+            return Err(format!(
+                "`{k}` is reported {kind:?}, which is not what happened"
+            ));
         }
     }
     for k in reported.keys() {

@@ -44,6 +44,8 @@ pub enum Command {
     Solve(SolveArgs),
     /// Process one dispatch issue of DISPATCH_REPO into a pull request.
     RunIssue(RunIssueArgs),
+    /// Run as a daemon: webhook and polling intake, journal, concurrency, metrics.
+    Serve(ServeArgs),
     /// Dispatch issues: check one offline against the runner's intake rules.
     #[command(subcommand)]
     Dispatch(DispatchCommand),
@@ -108,6 +110,18 @@ pub struct RunIssueArgs {
     /// The dispatch issue number.
     #[arg(long)]
     pub issue: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTP address for /webhook, /metrics and /healthz (AGENT_RUNNER_LISTEN; default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Tasks worked on at once (MAX_CONCURRENT_TASKS; default 2).
+    #[arg(long)]
+    pub max_concurrent_tasks: Option<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -198,6 +212,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Solve(args) => solve(config, args).await,
         Command::RunIssue(args) => run_issue(config, args).await,
+        Command::Serve(_) => serve(config).await,
         Command::Patch(PatchCommand::Apply {
             dir,
             patch,
@@ -235,10 +250,19 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
     if let Some(dir) = &cli.state_dir {
         config.state_dir = dir.clone();
     }
-    if let Command::Solve(SolveArgs { model, .. }) | Command::RunIssue(RunIssueArgs { model, .. }) =
-        &cli.command
+    if let Command::Solve(SolveArgs { model, .. })
+    | Command::RunIssue(RunIssueArgs { model, .. })
+    | Command::Serve(ServeArgs { model, .. }) = &cli.command
     {
         apply_model_args(&mut config, model)?;
+    }
+    if let Command::Serve(args) = &cli.command {
+        if let Some(listen) = &args.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(n) = args.max_concurrent_tasks {
+            config.max_concurrent_tasks = n;
+        }
     }
     if let Command::Dispatch(DispatchCommand::Check {
         default_target,
@@ -290,6 +314,8 @@ fn apply_model_args(config: &mut Config, args: &ModelArgs) -> Result<(), Failure
 }
 
 async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
+    // One task, then exit: Ctrl-C/SIGTERM stop it after removing its sandbox.
+    crate::sandbox::stop_tasks_on_signals();
     let report = runner::solve(
         &config,
         SolveRequest {
@@ -349,6 +375,7 @@ async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failure> {
+    crate::sandbox::stop_tasks_on_signals();
     let report = runner::run_issue(&config, args.issue).await?;
     let verb = if report.pr_created {
         "opened"
@@ -399,6 +426,36 @@ fn dispatch_check(config: &Config, issue_file: &std::path::Path) -> Result<ExitC
     };
     println!("{verdict}");
     Ok(code)
+}
+
+async fn serve(config: Config) -> Result<ExitCode, Failure> {
+    config.github_token().map_err(Failure::usage)?;
+    crate::daemon::serve(config, shutdown_signal())
+        .await
+        .map_err(|e| match e {
+            crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Server(_) => {
+                Failure::usage(e)
+            }
+            other => Failure::task(other),
+        })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler only Ctrl-C stops the daemon.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn patch_apply(

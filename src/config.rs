@@ -177,6 +177,8 @@ pub struct SandboxConfig {
 pub struct TargetConfig {
     pub test_cmd: Option<String>,
     pub image: Option<String>,
+    /// Replaces `sandbox.setup_cmd` for this target.
+    pub setup_cmd: Option<String>,
 }
 
 impl Default for Config {

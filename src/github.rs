@@ -788,7 +788,14 @@ fn encode(value: &str) -> String {
 pub fn is_transient(error: &GitHubError) -> bool {
     match error {
         GitHubError::Transport { .. } => true,
-        GitHubError::Api { status, .. } => *status >= 500 || *status == 429 || *status == 403,
+        // A 403 that is not a rate limit is a permission problem: retrying will not help.
+        GitHubError::Api {
+            status, message, ..
+        } => {
+            *status >= 500
+                || *status == 429
+                || (*status == 403 && message.to_ascii_lowercase().contains("rate limit"))
+        }
         GitHubError::BadUrl { .. } => false,
     }
 }

@@ -15,3 +15,5 @@ pub mod sandbox;
 pub mod secret_scan;
 pub mod workspace;
 pub mod store;
+pub mod server;
+pub mod daemon;

@@ -128,6 +128,8 @@ struct Work<'a> {
     target_context: Option<&'a str>,
     test_cmd: &'a str,
     image: Option<String>,
+    /// Runs before the agent phase, with network unless `sandbox.setup_network = false`.
+    setup_cmd: Option<&'a str>,
 }
 
 impl Work<'_> {
@@ -159,12 +161,7 @@ impl Work<'_> {
             }
         };
         let limits = limits(self.config);
-        let setup_cmd = self
-            .config
-            .sandbox
-            .setup_cmd
-            .as_deref()
-            .filter(|c| !c.trim().is_empty());
+        let setup_cmd = self.setup_cmd.filter(|c| !c.trim().is_empty());
         let spec = SandboxSpec {
             image: Some(image),
             limits: limits.clone(),
@@ -188,7 +185,8 @@ impl Work<'_> {
                     + limits.command_timeout * commands_after_budget
                     + Duration::from_secs(300),
             ),
-            stop_on_signals: true,
+            // Only where the process asked for it (a CLI command): the daemon drains instead.
+            stop_on_signals: sandbox::tasks_stop_on_signals(),
         };
         let policy = PathPolicy {
             protect_workflows: self.config.agent.protect_workflows,
@@ -450,6 +448,7 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
         target_context: None,
         test_cmd: &test_cmd,
         image: config.sandbox.image.clone(),
+        setup_cmd: config.sandbox.setup_cmd.as_deref(),
     }
     .run(&mut timings)
     .await?;
@@ -719,6 +718,10 @@ impl<H: IssueHooks> IssueRun<'_, H> {
             target_context: target_context.as_deref(),
             test_cmd: &test_cmd,
             image: target_config.image.or_else(|| config.sandbox.image.clone()),
+            setup_cmd: target_config
+                .setup_cmd
+                .as_deref()
+                .or(config.sandbox.setup_cmd.as_deref()),
         }
         .run(&mut timings)
         .await?;

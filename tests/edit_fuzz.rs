@@ -4,6 +4,8 @@
 //! markers, and on valid edits in every format mangled by structured mutations. The
 //! cargo-fuzz target `fuzz/fuzz_targets/parse.rs` checks the same invariant (`.ci/fuzz`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -93,57 +95,55 @@ fn marker_soup() -> impl Strategy<Value = String> {
 /// A valid reply: one line of one file replaced, inserted or deleted, written in one of
 /// the four formats.
 fn valid_reply() -> impl Strategy<Value = String> {
-    (0..2usize, any::<prop::sample::Index>(), 0..3u8, 0..4u8).prop_map(
-        |(file, at, op, format)| {
-            let (path, old) = FILES[file];
-            let mut lines: Vec<&str> = old.lines().collect();
-            let i = at.index(lines.len());
-            match op {
-                0 => lines[i] = "CHANGED",
-                1 => lines.insert(i, "INSERTED"),
-                _ => {
-                    lines.remove(i);
-                }
+    (0..2usize, any::<prop::sample::Index>(), 0..3u8, 0..4u8).prop_map(|(file, at, op, format)| {
+        let (path, old) = FILES[file];
+        let mut lines: Vec<&str> = old.lines().collect();
+        let i = at.index(lines.len());
+        match op {
+            0 => lines[i] = "CHANGED",
+            1 => lines.insert(i, "INSERTED"),
+            _ => {
+                lines.remove(i);
             }
-            let mut new = lines.join("\n");
-            new.push('\n');
-            match format {
-                0 => agent_runner::edit::canonical_diff(path, old, &new),
-                1 => {
-                    let (from, to) = (i.saturating_sub(1), (i + 2).min(old.lines().count()));
-                    let search: Vec<&str> = old.lines().collect::<Vec<_>>()[from..to].to_vec();
-                    let mut replace = search.clone();
-                    match op {
-                        0 => replace[i - from] = "CHANGED",
-                        1 => replace.insert(i - from, "INSERTED"),
-                        _ => {
-                            replace.remove(i - from);
-                        }
+        }
+        let mut new = lines.join("\n");
+        new.push('\n');
+        match format {
+            0 => agent_runner::edit::canonical_diff(path, old, &new),
+            1 => {
+                let (from, to) = (i.saturating_sub(1), (i + 2).min(old.lines().count()));
+                let search: Vec<&str> = old.lines().collect::<Vec<_>>()[from..to].to_vec();
+                let mut replace = search.clone();
+                match op {
+                    0 => replace[i - from] = "CHANGED",
+                    1 => replace.insert(i - from, "INSERTED"),
+                    _ => {
+                        replace.remove(i - from);
                     }
-                    format!(
-                        "{path}\n```\n<<<<<<< SEARCH\n{}\n=======\n{}\n>>>>>>> REPLACE\n```\n",
-                        search.join("\n"),
-                        replace.join("\n")
-                    )
                 }
-                2 => {
-                    let body: String = agent_runner::edit::canonical_diff(path, old, &new)
-                        .lines()
-                        .skip_while(|l| !l.starts_with("@@"))
-                        .map(|l| {
-                            if l.starts_with("@@") {
-                                "@@\n".to_string()
-                            } else {
-                                format!("{l}\n")
-                            }
-                        })
-                        .collect();
-                    format!("*** Begin Patch\n*** Update File: {path}\n{body}*** End Patch\n")
-                }
-                _ => format!("{path}\n```\n{new}```\n"),
+                format!(
+                    "{path}\n```\n<<<<<<< SEARCH\n{}\n=======\n{}\n>>>>>>> REPLACE\n```\n",
+                    search.join("\n"),
+                    replace.join("\n")
+                )
             }
-        },
-    )
+            2 => {
+                let body: String = agent_runner::edit::canonical_diff(path, old, &new)
+                    .lines()
+                    .skip_while(|l| !l.starts_with("@@"))
+                    .map(|l| {
+                        if l.starts_with("@@") {
+                            "@@\n".to_string()
+                        } else {
+                            format!("{l}\n")
+                        }
+                    })
+                    .collect();
+                format!("*** Begin Patch\n*** Update File: {path}\n{body}*** End Patch\n")
+            }
+            _ => format!("{path}\n```\n{new}```\n"),
+        }
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -173,16 +173,18 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         ix().prop_map(Mutation::TrailingSpace),
         ix().prop_map(Mutation::Indent),
         Just(Mutation::Crlf),
-        prop::sample::select(&[
-            "../outside.txt",
-            "link.txt",
-            ".git/config",
-            "/tmp/x.txt",
-            ".github/workflows/ci.yml",
-            "empty.txt",
-            "crlf.txt",
-            "src",
-        ][..])
+        prop::sample::select(
+            &[
+                "../outside.txt",
+                "link.txt",
+                ".git/config",
+                "/tmp/x.txt",
+                ".github/workflows/ci.yml",
+                "empty.txt",
+                "crlf.txt",
+                "src",
+            ][..]
+        )
         .prop_map(Mutation::RetargetPath),
         (1..9u8).prop_map(Mutation::BumpNumbers),
     ]
@@ -244,31 +246,37 @@ fn cfg(cases: u32) -> Config {
     }
 }
 
-proptest! {
-    #![proptest_config(cfg(1000))]
-
-    #[test]
-    fn arbitrary_text(reply in any::<String>(), dry_run in any::<bool>()) {
-        invariant::check(&reply, dry_run).map_err(TestCaseError::fail)?;
-    }
-
-    #[test]
-    fn marker_soup_replies(reply in marker_soup(), dry_run in any::<bool>()) {
-        invariant::check(&reply, dry_run).map_err(TestCaseError::fail)?;
+/// Runs `strategy`'s replies through one [`invariant::Fixture`].
+fn fuzz<S: Strategy<Value = (String, bool)>>(cases: u32, strategy: S) {
+    // `run` takes a `Fn`; the fixture is reused across cases, hence the cell.
+    let fixture = std::cell::RefCell::new(invariant::Fixture::new().unwrap());
+    let mut runner = proptest::test_runner::TestRunner::new(cfg(cases));
+    let result = runner.run(&strategy, |(reply, dry_run)| {
+        fixture
+            .borrow_mut()
+            .check(&reply, dry_run)
+            .map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
-proptest! {
-    #![proptest_config(cfg(2000))]
+#[test]
+fn arbitrary_text() {
+    fuzz(1500, (any::<String>(), any::<bool>()));
+}
 
-    #[test]
-    fn mutated_valid_replies(
-        reply in valid_reply(),
-        muts in prop::collection::vec(mutation(), 0..5),
-    ) {
-        let reply = muts.iter().fold(reply, |r, m| mutate(&r, m));
-        invariant::check(&reply, false).map_err(TestCaseError::fail)?;
-    }
+#[test]
+fn marker_soup_replies() {
+    fuzz(2000, (marker_soup(), any::<bool>()));
+}
+
+#[test]
+fn mutated_valid_replies() {
+    let mutated = (valid_reply(), prop::collection::vec(mutation(), 0..5))
+        .prop_map(|(reply, muts)| (muts.iter().fold(reply, |r, m| mutate(&r, m)), false));
+    fuzz(3000, mutated);
 }
 
 /// The unmutated replies must all apply: otherwise the mutation test above would only be

@@ -1001,3 +1001,43 @@ fn setup_phase_has_network_and_the_agent_phase_has_none() {
         },
     );
 }
+
+#[test]
+fn supervise_stops_on_sigint_and_sigterm_and_removes_the_container() {
+    run(
+        "supervise_stops_on_sigint_and_sigterm_and_removes_the_container",
+        async {
+            let env = env().await;
+            let wt = tempfile::tempdir().unwrap();
+            let rules = sandbox::Supervision {
+                wall_clock: Some(Duration::from_secs(60)),
+                stop_on_signals: true,
+            };
+            for signal in ["INT", "TERM"] {
+                let s = spec(&format!("sig{signal}"), Limits::default());
+                let started = Instant::now();
+                let result = sandbox::supervise(&env.docker, &s.task_id, rules, async {
+                    let sb = Sandbox::start(&env.docker, &s, wt.path()).await.unwrap();
+                    // `supervise` listens before it first polls the work: this process
+                    // survives the signal, and the work is stopped in its command.
+                    let kill = std::process::Command::new("kill")
+                        .args([format!("-{signal}"), std::process::id().to_string()])
+                        .status()
+                        .unwrap();
+                    assert!(kill.success());
+                    sb.exec("sleep 100").await.unwrap();
+                })
+                .await;
+                let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(
+                    err.starts_with(&format!(
+                        "interrupted by SIG{signal}; the sandbox was removed"
+                    )),
+                    "{err}"
+                );
+                assert!(started.elapsed() < Duration::from_secs(20));
+                assert!(own_containers(&env.docker, &s.task_id).await.is_empty());
+            }
+        },
+    );
+}

@@ -1,6 +1,7 @@
 //! The real binary, a real Docker Engine: a `solve` killed with SIGKILL leaves its sandbox
 //! container behind, and the next run of the same runner removes it; SIGINT and SIGTERM
-//! remove the container before the process exits. These tests FAIL (not skip) when Docker
+//! remove the container before the process exits (`solve` and `run-issue` opt in to that
+//! with `sandbox::stop_tasks_on_signals`; the daemon drains instead). These tests FAIL (not skip) when Docker
 //! is unreachable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,6 +46,10 @@ impl World {
     /// `solve` on the example repository with `test_cmd`, output into files (a pipe nobody
     /// reads could block the child).
     fn spawn(&self, run: &str, test_cmd: &str) -> tokio::process::Child {
+        self.spawn_with(run, test_cmd, &[])
+    }
+
+    fn spawn_with(&self, run: &str, test_cmd: &str, extra: &[&str]) -> tokio::process::Child {
         let replay = format!("replay:{}", self.tmp.path().join("replay.jsonl").display());
         let log = |suffix: &str| {
             std::fs::File::create(self.tmp.path().join(format!("{run}.{suffix}"))).unwrap()
@@ -64,6 +69,7 @@ impl World {
                 "--max-iterations",
                 "1",
             ])
+            .args(extra)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -278,4 +284,28 @@ async fn sigint_and_sigterm_remove_the_container_before_exit() {
         "TIMING signal test: {:.2}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_command_has_network_and_the_tests_have_none() {
+    let started = Instant::now();
+    let docker = docker().await;
+    let world = World::new("setup");
+    let config = world.tmp.path().join("agent-runner.toml");
+    // The setup records the interfaces it saw; nothing is contacted.
+    std::fs::write(
+        &config,
+        "[sandbox]\nsetup_cmd = \"ls /sys/class/net > .net-during-setup\"\n",
+    )
+    .unwrap();
+    let test_cmd = "grep -qx eth0 .net-during-setup && test \"$(ls /sys/class/net)\" = lo";
+    let mut child = world.spawn_with("setup", test_cmd, &["--config", config.to_str().unwrap()]);
+    let pid = child.id().unwrap();
+    let status = wait_with_limit(&mut child, Duration::from_secs(180), &world, "setup").await;
+    let output = world.output("setup");
+    assert!(matches!(status.code(), Some(0 | 1)), "{status}\n{output}");
+    assert!(output.contains("setup phase done"), "{output}");
+    assert!(output.contains("tests before: exit 0"), "{output}");
+    assert!(world.containers_of(&docker, pid).await.is_empty());
+    eprintln!("TIMING setup test: {:.2}s", started.elapsed().as_secs_f64());
 }

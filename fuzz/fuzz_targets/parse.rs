@@ -9,10 +9,19 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../invariant.rs"]
 mod invariant;
 
+use std::cell::RefCell;
+
+thread_local! {
+    static FIXTURE: RefCell<Option<invariant::Fixture>> = const { RefCell::new(None) };
+}
+
 fuzz_target!(|reply: &str| {
     // Dry runs take the same path up to the write, so half the inputs exercise them.
     let dry_run = reply.len() % 2 == 1;
-    if let Err(broken) = invariant::check(reply, dry_run) {
-        panic!("invariant broken: {broken}\nreply: {reply:?}");
-    }
+    FIXTURE.with_borrow_mut(|f| {
+        let fixture = f.get_or_insert_with(|| invariant::Fixture::new().expect("fixture"));
+        if let Err(broken) = fixture.check(reply, dry_run) {
+            panic!("invariant broken: {broken}\nreply: {reply:?}");
+        }
+    });
 });

@@ -420,8 +420,8 @@ fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, BenchError> {
 /// `(commit, path)` of every text-looking file modified by a non-merge commit that has a
 /// parent, newest commit first. Paths git would quote are left out.
 fn modified_files(repo: &Path) -> Result<Vec<(String, String)>, BenchError> {
-    let revs = String::from_utf8_lossy(&git(repo, &["rev-list", "--no-merges", "HEAD"])?)
-        .into_owned();
+    let revs =
+        String::from_utf8_lossy(&git(repo, &["rev-list", "--no-merges", "HEAD"])?).into_owned();
     let mut out = Vec::new();
     for c in revs.split_whitespace() {
         // Without `--root`, a root commit lists nothing: it has no pre-image.
@@ -706,9 +706,18 @@ fn map_lines(hunks: &[GitHunk], f: impl Fn(char, &str) -> Option<String>) -> Vec
 fn has_marker_lines<'a>(mut lines: impl Iterator<Item = &'a str>) -> bool {
     lines.any(|l| {
         let t = l.trim_start();
-        ["<<<<<<<", "=======", ">>>>>>>", "*** ", "@@", "diff --git ", "--- ", "+++ "]
-            .iter()
-            .any(|m| t.starts_with(m))
+        [
+            "<<<<<<<",
+            "=======",
+            ">>>>>>>",
+            "*** ",
+            "@@",
+            "diff --git ",
+            "--- ",
+            "+++ ",
+        ]
+        .iter()
+        .any(|m| t.starts_with(m))
     })
 }
 
@@ -790,7 +799,12 @@ fn cases_for(f: &FileRev, partner: Option<&FileRev>, rng: &mut Rng) -> Vec<Case>
                 ..h.clone()
             })
             .collect();
-        apply(&mut push, Kind::ShiftedLines, git_diff(f, &hunks), amb_exact);
+        apply(
+            &mut push,
+            Kind::ShiftedLines,
+            git_diff(f, &hunks),
+            amb_exact,
+        );
     }
 
     {
@@ -867,7 +881,12 @@ fn cases_for(f: &FileRev, partner: Option<&FileRev>, rng: &mut Rng) -> Vec<Case>
     if f.hunks.len() >= 2 {
         let mut hunks = f.hunks.clone();
         hunks.reverse();
-        apply(&mut push, Kind::ReorderedHunks, git_diff(f, &hunks), amb_exact);
+        apply(
+            &mut push,
+            Kind::ReorderedHunks,
+            git_diff(f, &hunks),
+            amb_exact,
+        );
     }
 
     apply(
@@ -888,7 +907,8 @@ fn cases_for(f: &FileRev, partner: Option<&FileRev>, rng: &mut Rng) -> Vec<Case>
     if sr_ok {
         let mut s = String::from("I will make these changes.\n\n");
         for h in &f.hunks {
-            let body = |lines: Vec<&str>| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+            let body =
+                |lines: Vec<&str>| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
             let (old, new) = (body(h.old_lines()), body(h.new_lines()));
             let fence = fence_for(&format!("{old}{new}"));
             let _ = write!(
@@ -1367,7 +1387,9 @@ pub fn render_table(r: &Report) -> String {
         s,
         "git apply: {}   patch -p1 --fuzz=3 --batch --forward: {}",
         r.git_version.as_deref().unwrap_or("NOT AVAILABLE"),
-        r.patch_version.as_deref().unwrap_or("NOT INSTALLED (apt-get install patch)")
+        r.patch_version
+            .as_deref()
+            .unwrap_or("NOT INSTALLED (apt-get install patch)")
     );
     let _ = writeln!(
         s,
@@ -1376,7 +1398,8 @@ pub fn render_table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "amb = cases whose context is ambiguous without line numbers (ours must refuse them)\n"
+        "amb = cases whose old text occurs more than once modulo the damage: ours refuses \
+         them rather than guess (unless the format settles it, e.g. `*** End of File`)\n"
     );
     let head = format!(
         "{:<20} {:>4} {:>4} | {:>4} {:>5} {:>4} | {:>4} {:>5} {:>4} | {:>4} {:>5} {:>4}",

@@ -399,6 +399,13 @@ fn is_elision(t: &str) -> bool {
     if !(s.contains("...") || s.contains('\u{2026}')) {
         return false;
     }
+    // Without a comment marker, only a line that opens with the dots (`...
+    // rest unchanged`, `[...]`) stands for omitted code; code that merely
+    // mentions them, in a string or a message, is content.
+    let opening = s.trim_start_matches(['[', '(', '{', '<']).trim_start();
+    if !(commented || opening.starts_with("...") || opening.starts_with('\u{2026}')) {
+        return false;
+    }
     let only_dots = s
         .chars()
         .all(|c| c == '.' || c == '\u{2026}' || c.is_whitespace());

@@ -16,7 +16,8 @@
 //! * Whole files: a fenced block with a path clearly attached. A code block
 //!   without a path is not an edit; a block that contains edit markers is
 //!   parsed as those edits, never as a whole file. An elision line such as
-//!   `// ... rest unchanged` that is not in the current file is refused.
+//!   `// ... rest unchanged` (a comment, or a line opening with the dots)
+//!   that is not in the current file is refused.
 //!
 //! # Matching
 //! Each hunk's old lines (context + removed) are searched in the whole file
@@ -28,7 +29,9 @@
 //! exactly one match is used, two or more are an ambiguity error naming the
 //! candidate lines. Line numbers never choose between matches; when an exact
 //! match is not where the header's line number says, the hunk's level is
-//! reported as [`MatchLevel::AnyLine`]. A block's level is its loosest
+//! reported as [`MatchLevel::AnyLine`]. They may refuse one: when the only
+//! match is elsewhere than the header's line while that line holds the text
+//! at a looser level (say, re-indented), the hunk is ambiguous. A block's level is its loosest
 //! hunk's (Exact < AnyLine < TrailingWhitespace < ... < UnicodeLookalikes).
 //! All hunks of a block are located in the file as it was before the block,
 //! so they may come in any order; overlapping hunks are an error.

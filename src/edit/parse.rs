@@ -967,8 +967,13 @@ pub(crate) fn path_from_line(t: &str, allow_bare_names: bool) -> Option<String> 
         }
     }
     for prefix in ["file:", "filename:", "path:", "file path:"] {
-        if s.len() > prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            s = s[prefix.len()..].trim();
+        // `get`, not indexing: the line is arbitrary text and the cut may fall
+        // inside a multi-byte character.
+        if let (Some(head), Some(rest)) = (s.get(..prefix.len()), s.get(prefix.len()..))
+            && !rest.is_empty()
+            && head.eq_ignore_ascii_case(prefix)
+        {
+            s = rest.trim();
             break;
         }
     }

@@ -278,6 +278,20 @@ fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Pla
             }
         }
     }
+    // Line numbers only ever refuse: when the one match is not at the line the
+    // header names, yet that line holds the same text at a looser level (say,
+    // re-indented), the reply points at two places.
+    if let Some(at) = h.old_start.and_then(|s| s.checked_sub(1))
+        && at != start
+        && let Some(loose) = header_line_holds(hay, &old, at, level)
+    {
+        let mut starts = vec![start, at];
+        starts.sort_unstable();
+        return Err(HunkErr::Ambiguous {
+            level: loose,
+            starts,
+        });
+    }
     let reported = match (level, h.old_start) {
         (MatchLevel::Exact, Some(s)) if s != start + 1 => MatchLevel::AnyLine,
         _ => level,
@@ -289,6 +303,20 @@ fn place(hay: &Haystack<'_>, h: &Hunk, idx: usize, format: Format) -> Result<Pla
         level,
         reported,
     })
+}
+
+/// The first level looser than `found` at which `old` sits at line `at`.
+fn header_line_holds(
+    hay: &Haystack<'_>,
+    old: &[String],
+    at: usize,
+    found: MatchLevel,
+) -> Option<MatchLevel> {
+    let end = at.checked_add(old.len()).filter(|e| *e <= hay.len())?;
+    matching::LEVELS
+        .into_iter()
+        .filter(|l| matching::rank(*l) > matching::rank(found))
+        .find(|l| hay.level(*l)[at..end] == *matching::normalize_all(*l, old))
 }
 
 /// Where a hunk with no old lines goes. Documented rules: an empty file

@@ -1042,3 +1042,60 @@ fn deleting_the_last_lines_is_not_mistaken_for_already_applied() {
     ok(&r);
     assert_eq!(read(&d, "n.txt"), "1\n2\n3\n");
 }
+
+#[test]
+fn path_line_with_multibyte_text_does_not_panic() {
+    // Found by tests/edit_fuzz.rs: the `file:` prefix test cut a line inside `ⷠ`.
+    let d = repo(&[("a.txt", "hi\n")]);
+    let r = run(&d, "<<<<<<< SEARCH\n!00\u{2de0}\n<<<<<<< SEARCH");
+    assert!(!r.applied);
+    let r = run(
+        &d,
+        "fileé.txt\n<<<<<<< SEARCH\nhi\n=======\nho\n>>>>>>> REPLACE\n",
+    );
+    assert!(!r.applied);
+    let r = run(
+        &d,
+        "file: a.txt\n<<<<<<< SEARCH\nhi\n=======\nho\n>>>>>>> REPLACE\n",
+    );
+    ok(&r);
+    assert_eq!(read(&d, "a.txt"), "ho\n");
+}
+
+#[test]
+fn strict_match_away_from_a_header_line_that_holds_the_text_loosely_is_ambiguous() {
+    // The same three closers at two depths; a re-indented hunk whose header
+    // names the shallow ones matches the deep ones exactly (found by the bench).
+    let a = "mod m {\n    fn f() {\n        if x {\n            y();\n        }\n    }\n}\nfn g() {\n    if x {\n        y();\n    }\n}\n";
+    let d = repo(&[("f.rs", a)]);
+    let shifted = "--- a/f.rs\n+++ b/f.rs\n@@ -10,3 +10,4 @@\n             y();\n         }\n     }\n+    // added\n";
+    let r = run(&d, shifted);
+    rejected(&r);
+    assert!(r.blocks[0].message.contains("2 places"), "{}", r.feedback());
+    assert!(
+        r.blocks[0].message.contains("lines 4, 10"),
+        "{}",
+        r.feedback()
+    );
+    // With its own indentation it applies.
+    let right = "--- a/f.rs\n+++ b/f.rs\n@@ -10,3 +10,4 @@\n         y();\n     }\n }\n+// added\n";
+    ok(&run(&d, right));
+    assert!(read(&d, "f.rs").ends_with("        y();\n    }\n}\n// added\n"));
+    // A wrong line number on unrelated text still only moves the hunk.
+    let d = repo(&[("f.rs", a)]);
+    let moved = "--- a/f.rs\n+++ b/f.rs\n@@ -1,2 +1,3 @@\n fn g() {\n+    // first\n     if x {\n";
+    let r = run(&d, moved);
+    ok(&r);
+    assert_eq!(r.blocks[0].level, Some(MatchLevel::AnyLine));
+}
+
+#[test]
+fn whole_file_line_mentioning_an_elision_is_content() {
+    let d = repo(&[("t.rs", "fn t() {}\n")]);
+    let new = "fn t() {\n    let s = \"// ... rest of the code unchanged\";\n}\n";
+    ok(&run(&d, &format!("t.rs\n```rust\n{new}```\n")));
+    assert_eq!(read(&d, "t.rs"), new);
+    let r = run(&d, "t.rs\n```rust\nfn t() {}\n... rest unchanged\n```\n");
+    rejected(&r);
+    assert!(r.blocks[0].message.contains("elision"));
+}

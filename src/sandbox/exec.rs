@@ -8,7 +8,8 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::KillContainerOptionsBuilder;
 use futures_util::{Stream, StreamExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::SandboxError;
 use super::container::Sandbox;
@@ -20,17 +21,53 @@ pub(crate) const EXEC_USER: &str = "10001:10001";
 /// to close before it kills the process tree itself.
 const HOST_GRACE: Duration = Duration::from_secs(3);
 
-/// `$1` = pgid file, `$2` = seconds, `$3` = the command. (dash's `kill` takes no `--`.) `timeout` puts itself and the
-/// command into a new process group (pgid = its pid) and at the deadline SIGKILLs the whole
-/// group. When the command ends earlier, whatever it left running in that group is killed
-/// too (`kill` and `wait` are shell builtins: this works even when a fork bomb has used up
-/// the pids limit). stderr is merged into stdout so the interleaving is exact.
-const WRAPPER: &str = r#"timeout -s KILL "$2" sh -c "$3" </dev/null 2>&1 & p=$!
-echo "$p" > "$1" 2>/dev/null
+/// `$1` = seconds, `$2` = the command. (dash's `kill` takes no `--`.) `timeout` puts itself
+/// and the command into a new process group (pgid = its pid) and at the deadline SIGKILLs
+/// the whole group. When the command ends earlier, whatever it left running in that group
+/// is killed too (`kill` and `wait` are shell builtins: this works even when a fork bomb has
+/// used up the pids limit). The command's stderr is merged into its stdout so the
+/// interleaving is exact; the wrapper's own stderr carries only the pgid, for the host's
+/// fallback kill (a file for it would cost one more process per command: `rm`).
+const WRAPPER: &str = r#"timeout -s KILL "$1" sh -c "$2" </dev/null 2>&1 & p=$!
+echo "$p" >&2
 wait "$p"; rc=$?
 kill -9 "-$p" 2>/dev/null
-rm -f "$1" 2>/dev/null
 exit "$rc""#;
+
+/// The process group id the wrapper reports on its stderr (first line), as it arrives.
+#[derive(Debug, Default)]
+pub(crate) struct PgidReport {
+    seen: Mutex<Vec<u8>>,
+    pgid: AtomicU32,
+}
+
+impl PgidReport {
+    fn push(&self, data: &[u8]) {
+        if self.pgid().is_some() {
+            tracing::debug!(stderr = %String::from_utf8_lossy(data), "unexpected output of the exec wrapper");
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // A pgid is a handful of digits: anything long is not one.
+        if seen.len() < 64 {
+            seen.extend_from_slice(&data[..data.len().min(64)]);
+        }
+        if let Some(pgid) = parse_pgid(&seen) {
+            self.pgid.store(pgid, Ordering::SeqCst);
+        }
+    }
+
+    fn pgid(&self) -> Option<u32> {
+        Some(self.pgid.load(Ordering::SeqCst)).filter(|&p| p > 1)
+    }
+}
+
+/// `"1234\n..."` → 1234: a complete first line of digits, never 0 or 1.
+pub(crate) fn parse_pgid(stderr: &[u8]) -> Option<u32> {
+    let end = stderr.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&stderr[..end]).ok()?;
+    line.trim().parse().ok().filter(|&p: &u32| p > 1)
+}
 
 /// What one command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,16 +226,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn drain<S>(output: &mut S, capture: &mut OutputCapture) -> Result<(), bollard::errors::Error>
+/// Reads an exec's output into `capture`; with `pgid`, stderr is the wrapper's report
+/// instead of output.
+async fn drain<S>(
+    output: &mut S,
+    capture: &mut OutputCapture,
+    pgid: Option<&PgidReport>,
+) -> Result<(), bollard::errors::Error>
 where
     S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
 {
     while let Some(item) = output.next().await {
-        match item? {
-            LogOutput::StdOut { message }
-            | LogOutput::StdErr { message }
-            | LogOutput::Console { message } => capture.push(&message),
-            LogOutput::StdIn { .. } => {}
+        match (item?, pgid) {
+            (LogOutput::StdErr { message }, Some(report)) => report.push(&message),
+            (
+                LogOutput::StdOut { message }
+                | LogOutput::StdErr { message }
+                | LogOutput::Console { message },
+                _,
+            ) => capture.push(&message),
+            (LogOutput::StdIn { .. }, _) => {}
         }
     }
     Ok(())
@@ -230,17 +277,14 @@ impl Sandbox {
         command: &str,
         timeout: Duration,
     ) -> Result<ExecOutcome, SandboxError> {
-        let n = self.exec_counter.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(&self.in_flight);
-        let pgid_file = format!("/tmp/.agent-runner-exec-{n}.pgid");
         let secs = format!("{:.3}", timeout.as_secs_f64().max(0.001));
         let cmd = vec![
             "sh",
             "-c",
             WRAPPER,
             "agent-runner-exec",
-            pgid_file.as_str(),
             secs.as_str(),
             command,
         ];
@@ -277,15 +321,19 @@ impl Sandbox {
         let mut capture = OutputCapture::new(self.limits.output_cap_bytes);
         let mut timed_out = false;
         let mut container_killed = false;
+        let report = PgidReport::default();
         {
-            let mut reading = pin!(drain(&mut output, &mut capture));
+            let mut reading = pin!(drain(&mut output, &mut capture, Some(&report)));
             match tokio::time::timeout(timeout + HOST_GRACE, &mut reading).await {
                 Ok(r) => r?,
                 Err(_) => {
                     timed_out = true;
                     tracing::warn!(container = %self.id, "command outlived its timeout; killing its process group");
-                    let group = format!("kill -9 -\"$(cat {pgid_file})\"");
-                    let _ = self.run_internal(&["sh", "-c", &group], EXEC_USER).await;
+                    if let Some(pgid) = report.pgid() {
+                        let pgid = pgid.to_string();
+                        let kill = ["sh", "-c", r#"kill -9 "-$1""#, "kill", pgid.as_str()];
+                        let _ = self.run_internal(&kill, EXEC_USER).await;
+                    }
                     if tokio::time::timeout(Duration::from_secs(1), &mut reading)
                         .await
                         .is_err()
@@ -408,7 +456,7 @@ impl Sandbox {
             if let StartExecResults::Attached { mut output, .. } =
                 self.docker.start_exec(&exec.id, None).await?
             {
-                drain(&mut output, &mut capture).await?;
+                drain(&mut output, &mut capture, None).await?;
             }
             let mut code = None;
             for _ in 0..40 {
@@ -509,6 +557,21 @@ mod tests {
         assert_eq!(o.tail(5), "a\nb\nc\n");
         assert_eq!(o.tail(0), "");
         assert_eq!(outcome(Some(0), "x\ny").tail(1), "y");
+    }
+
+    #[test]
+    fn pgid_report_parsing() {
+        assert_eq!(parse_pgid(b"1234\n"), Some(1234));
+        assert_eq!(parse_pgid(b"1234"), None, "incomplete line");
+        assert_eq!(parse_pgid(b"1\n"), None, "never the init process");
+        assert_eq!(parse_pgid(b"sh: oops\n1234\n"), None);
+        let report = PgidReport::default();
+        report.push(b"12");
+        assert_eq!(report.pgid(), None);
+        report.push(b"34\n");
+        assert_eq!(report.pgid(), Some(1234));
+        report.push(b"99\n");
+        assert_eq!(report.pgid(), Some(1234));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use container::Sandbox;
 pub use exec::ExecOutcome;
 pub use image::{default_image_tag, ensure_default_image, recipe_hash};
 pub use reap::{remove_orphans, remove_own, remove_stale};
-pub use supervise::{Supervision, supervise};
+pub use supervise::{Supervision, stop_tasks_on_signals, supervise, tasks_stop_on_signals};
 
 /// Label that carries the runner id on every container we create.
 pub const LABEL_RUNNER_ID: &str = "agent-runner.runner-id";

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -11,6 +12,23 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::SandboxError;
 use super::reap::remove_own;
+
+/// Set by [`stop_tasks_on_signals`].
+static STOP_TASKS_ON_SIGNALS: AtomicBool = AtomicBool::new(false);
+
+/// Declares that in this process SIGINT/SIGTERM end a running task, after removing its
+/// sandbox: for a command that runs one task and exits (`solve`, `run-issue`). Off by
+/// default, because a process that owns its shutdown (the daemon lets running tasks finish
+/// within a grace period) must not have its tasks stopped by the same signal. Whether the
+/// runner passes `stop_on_signals` to [`supervise`] follows this.
+pub fn stop_tasks_on_signals() {
+    STOP_TASKS_ON_SIGNALS.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`stop_tasks_on_signals`] was called in this process.
+pub fn tasks_stop_on_signals() -> bool {
+    STOP_TASKS_ON_SIGNALS.load(Ordering::SeqCst)
+}
 
 /// How [`supervise`] bounds a piece of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
