@@ -46,9 +46,9 @@ pub enum Command {
     RunIssue(RunIssueArgs),
     /// Run as a daemon: webhook and polling intake, journal, concurrency, metrics.
     Serve(ServeArgs),
-    /// Dispatch issues: check one offline against the runner's intake rules.
-    #[command(subcommand)]
-    Dispatch(DispatchCommand),
+    /// Open a dispatch issue in the HandsFree format (`--target`, `--instruction`), or check
+    /// one offline against the runner's intake rules (`dispatch check`).
+    Dispatch(DispatchArgs),
     /// Apply a model's edits to a directory.
     #[command(subcommand)]
     Patch(PatchCommand),
@@ -58,6 +58,14 @@ pub enum Command {
     /// Measure against a baseline taken in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Show a task's transcript for a person: turns, edits, test results, stop reason.
+    Transcript {
+        /// The task id (as in the summary or the failure comment), or a transcript file.
+        task_id: String,
+        /// Print the raw JSONL instead.
+        #[arg(long)]
+        raw: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,9 +90,21 @@ pub struct ModelArgs {
     /// Write every exchange with the model to this JSONL file (replayable with --llm replay:<file>).
     #[arg(long)]
     pub record: Option<PathBuf>,
-    /// Model replies allowed per task.
+    /// Model calls (replies) allowed per task.
     #[arg(long)]
     pub max_iterations: Option<u32>,
+    /// Prompt tokens allowed per task, summed over its model calls.
+    #[arg(long)]
+    pub max_tokens_in: Option<u64>,
+    /// Completion tokens allowed per task, summed over its model calls.
+    #[arg(long)]
+    pub max_tokens_out: Option<u64>,
+    /// Test runs allowed per task after edits (the baseline run is not counted).
+    #[arg(long)]
+    pub max_test_runs: Option<u32>,
+    /// Wall-clock seconds allowed for a task's agent loop.
+    #[arg(long)]
+    pub max_wall_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +163,32 @@ pub enum PatchCommand {
         #[arg(long)]
         allow_workflows: bool,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct DispatchArgs {
+    #[command(subcommand)]
+    pub command: Option<DispatchCommand>,
+    /// What the task is about: `owner/repo#N` (an issue or pull request of the target
+    /// repository) or `#N` (in the runner's default target).
+    #[arg(long, required = true)]
+    pub target: Option<String>,
+    /// Whether `--target` names an issue or a pull request.
+    #[arg(long, value_enum, default_value_t = TargetTypeArg::Issue)]
+    pub target_type: TargetTypeArg,
+    /// The task, in plain words.
+    #[arg(long, required = true)]
+    pub instruction: Option<String>,
+    /// The user id the issue carries (the backend's user; any string).
+    #[arg(long, default_value = "agent-runner-cli")]
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetTypeArg {
+    Issue,
+    Pr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,13 +267,16 @@ pub async fn main(cli: Cli) -> ExitCode {
             allow_workflows,
         }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
         Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
-        Command::Dispatch(DispatchCommand::Check { issue_file, .. }) => {
-            dispatch_check(&config, &issue_file)
-        }
+        Command::Dispatch(DispatchArgs {
+            command: Some(DispatchCommand::Check { issue_file, .. }),
+            ..
+        }) => dispatch_check(&config, &issue_file),
+        Command::Dispatch(args) => dispatch_create(&config, args).await,
         Command::Bench(BenchCommand::Patch(args)) => bench(crate::bench::patch::run(args).await),
         Command::Bench(BenchCommand::Sandbox(args)) => {
             bench(crate::bench::sandbox::run(args).await)
         }
+        Command::Transcript { task_id, raw } => transcript(&config, &task_id, raw),
     };
     match result {
         Ok(code) => code,
@@ -264,10 +313,14 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
             config.max_concurrent_tasks = n;
         }
     }
-    if let Command::Dispatch(DispatchCommand::Check {
-        default_target,
-        allow_targets,
-        allow_authors,
+    if let Command::Dispatch(DispatchArgs {
+        command:
+            Some(DispatchCommand::Check {
+                default_target,
+                allow_targets,
+                allow_authors,
+                ..
+            }),
         ..
     }) = &cli.command
     {
@@ -310,6 +363,18 @@ fn apply_model_args(config: &mut Config, args: &ModelArgs) -> Result<(), Failure
     if let Some(n) = args.max_iterations {
         config.agent.max_iterations = n;
     }
+    if let Some(n) = args.max_tokens_in {
+        config.agent.max_tokens_in = n;
+    }
+    if let Some(n) = args.max_tokens_out {
+        config.agent.max_tokens_out = n;
+    }
+    if let Some(n) = args.max_test_runs {
+        config.agent.max_test_runs = n;
+    }
+    if let Some(n) = args.max_wall_secs {
+        config.agent.max_wall_secs = n;
+    }
     Ok(())
 }
 
@@ -331,17 +396,14 @@ async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
         println!("{}", report.diff.trim_end());
         println!();
     }
-    let budget = crate::agent::Budget {
-        max_iterations: config.agent.max_iterations,
-        max_wall: std::time::Duration::from_secs(config.agent.max_wall_secs),
-        max_context_bytes: config.agent.max_context_bytes,
-    };
+    let budget = crate::agent::Budget::from_config(&config.agent);
     let verdict = if outcome.succeeded() {
         "SOLVED"
     } else {
         "NOT SOLVED"
     };
     println!("{verdict}: {}", outcome.stop.describe(&budget));
+    println!("  stop reason: {}", outcome.stop.code());
     println!("  model:       {}", report.model);
     println!("  tests before: {}", outcome.baseline.summary());
     println!("  tests after:  {}", outcome.final_test().summary());
@@ -393,6 +455,82 @@ async fn run_issue(config: Config, args: RunIssueArgs) -> Result<ExitCode, Failu
         report.outcome.usage.prompt_tokens, report.outcome.usage.completion_tokens
     );
     println!("  time:        {}", report.timings.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dispatch_create(config: &Config, args: DispatchArgs) -> Result<ExitCode, Failure> {
+    let (Some(target), Some(instruction)) = (args.target, args.instruction) else {
+        return Err(Failure::usage(
+            "dispatch needs --target and --instruction (or the `check` subcommand)",
+        ));
+    };
+    let valid = match target.rsplit_once('#') {
+        Some((repo, number)) => {
+            number.parse::<u64>().is_ok()
+                && (repo.is_empty() || crate::dispatch::RepoName::parse(repo).is_some())
+        }
+        None => false,
+    };
+    if !valid {
+        return Err(Failure::usage(format!(
+            "--target {target:?} must be `owner/repo#N` or `#N`: the HandsFree format names a target by an issue or pull request number (for a whole repository, set the runner's default target and leave --target as `#N` of an issue there)"
+        )));
+    }
+    let kind = match args.target_type {
+        TargetTypeArg::Issue => crate::dispatch::TargetKind::Issue,
+        TargetTypeArg::Pr => crate::dispatch::TargetKind::Pr,
+    };
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let (title, body) = crate::dispatch::dispatch_issue(
+        &task_id,
+        &args.user_id,
+        Some((kind, &target)),
+        instruction.trim(),
+    );
+    let token = config.github_token().map_err(Failure::usage)?;
+    let dispatch_repo = config.dispatch_repo().map_err(Failure::usage)?;
+    let github =
+        crate::github::GitHub::new(&config.github_api_url, token).map_err(Failure::usage)?;
+    let number = github
+        .create_issue(
+            &dispatch_repo,
+            &title,
+            &body,
+            &[crate::dispatch::DISPATCH_LABEL],
+        )
+        .await
+        .map_err(Failure::task)?;
+    println!("{dispatch_repo}#{number} task {task_id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transcript(config: &Config, task_id: &str, raw: bool) -> Result<ExitCode, Failure> {
+    let as_file = std::path::Path::new(task_id);
+    let path = if task_id.ends_with(".jsonl") && as_file.is_file() {
+        as_file.to_path_buf()
+    } else if !task_id.is_empty()
+        && task_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        runner::transcript_path(config, task_id)
+    } else {
+        return Err(Failure::usage(format!(
+            "{task_id:?} is neither a task id nor a transcript file (.jsonl)"
+        )));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the transcript {}: {e}. Transcripts live in <state dir>/transcripts/; pass --state-dir if the task ran with another one",
+            path.display()
+        ))
+    })?;
+    if raw {
+        print!("{text}");
+    } else {
+        println!("Transcript {}\n", path.display());
+        print!("{}", crate::agent::render_transcript(&text));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -144,8 +144,18 @@ pub struct LlmConfig {
 pub struct AgentConfig {
     /// Model replies per task.
     pub max_iterations: u32,
+    /// Prompt tokens per task, summed over its model calls.
+    pub max_tokens_in: u64,
+    /// Completion tokens per task, summed over its model calls.
+    pub max_tokens_out: u64,
+    /// Test runs per task after edits (the baseline run is not counted).
+    pub max_test_runs: u32,
     /// Wall-clock budget of the agent loop, in seconds.
     pub max_wall_secs: u64,
+    /// The same failing tests this many runs in a row (baseline included) is a loop.
+    pub same_failure_limit: u32,
+    /// This many replies in a row that change no file is no progress.
+    pub no_change_limit: u32,
     /// How much file content goes into the first prompt.
     pub max_context_bytes: usize,
     /// Refuse edits under `.github/workflows/`.
@@ -231,7 +241,12 @@ impl Default for AgentConfig {
     fn default() -> AgentConfig {
         AgentConfig {
             max_iterations: 6,
+            max_tokens_in: 1_000_000,
+            max_tokens_out: 100_000,
+            max_test_runs: 12,
             max_wall_secs: 1800,
+            same_failure_limit: 3,
+            no_change_limit: 3,
             max_context_bytes: 60_000,
             protect_workflows: true,
         }

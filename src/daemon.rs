@@ -312,6 +312,42 @@ async fn drain(daemon: &Daemon, mut workers: JoinSet<()>) -> Result<(), DaemonEr
 /// One attempt at one task, and what it leaves in the journal and on GitHub.
 async fn work(daemon: &Daemon, task_id: &str, issue: u64, attempt: u32) {
     let started = Instant::now();
+    if attempt > 1 {
+        // An earlier attempt may have been killed after its final comment: the task is
+        // then finished on GitHub and only its labels and journal entry are missing.
+        // Running it again would post a second "completed" comment.
+        let finished = match ended_on_github(daemon, task_id, issue).await {
+            Ok(Some(ending)) => match settle_ended(daemon, task_id, issue, ending).await {
+                // Only labels are missing: try again later rather than run the task again.
+                Err(DaemonError::GitHub(e)) => {
+                    let delay = daemon
+                        .config
+                        .task_retry_secs
+                        .saturating_mul(1 << attempt.min(10));
+                    tracing::warn!(task_id, delay, error = %e, "could not label a finished task; trying again later");
+                    daemon
+                        .store
+                        .requeue(task_id, crate::store::now() + delay as i64, &e.to_string())
+                        .await
+                        .map(|()| true)
+                        .map_err(DaemonError::from)
+                }
+                other => other,
+            },
+            Ok(None) => Ok(false),
+            Err(e) => settle(daemon, task_id, issue, attempt, Err(e.into()))
+                .await
+                .map(|()| true),
+        };
+        match finished {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "could not record the task's outcome");
+                return;
+            }
+        }
+    }
     let hooks = JournalHooks { daemon, task_id };
     let result = runner::run_issue_with(&daemon.config, issue, &hooks).await;
     daemon
@@ -323,6 +359,86 @@ async fn work(daemon: &Daemon, task_id: &str, issue: u64, attempt: u32) {
         // The journal still says running: the next start resumes the task.
         tracing::error!(task_id, error = %e, "could not record the task's outcome");
     }
+}
+
+/// How an earlier attempt ended the task on GitHub.
+enum Ending {
+    /// Its "completed" comment is posted; the PR URL from it.
+    Done(String),
+    /// Its "failed" comment is posted.
+    Failed,
+}
+
+/// This runner's final comment on the issue since it last started the task, if any.
+async fn ended_on_github(
+    daemon: &Daemon,
+    task_id: &str,
+    issue: u64,
+) -> Result<Option<Ending>, crate::github::GitHubError> {
+    let me = &daemon.config.agent_name;
+    let comments = daemon.github.comments(&daemon.dispatch_repo, issue).await?;
+    let started = format!("🤖 {me} started processing this task");
+    let Some(last_start) = comments.iter().rposition(|c| c.body.starts_with(&started)) else {
+        return Ok(None);
+    };
+    let (done, failed) = (
+        format!("✅ {me} completed processing this task"),
+        format!("❌ {me} failed to process this task"),
+    );
+    Ok(comments[last_start..].iter().find_map(|c| {
+        if c.body.starts_with(&done) && c.body.contains(task_id) {
+            // The URL is only for the journal; a comment without one still ends the task.
+            let url = c
+                .body
+                .split_once("pull request ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map(|u| u.trim_end_matches('.').to_string())
+                .unwrap_or_default();
+            Some(Ending::Done(url))
+        } else if c.body.starts_with(&failed) {
+            Some(Ending::Failed)
+        } else {
+            None
+        }
+    }))
+}
+
+/// Labels and journals a task an earlier attempt ended on GitHub. Returns true.
+async fn settle_ended(
+    daemon: &Daemon,
+    task_id: &str,
+    issue: u64,
+    ending: Ending,
+) -> Result<bool, DaemonError> {
+    let labels = &daemon.config.labels;
+    let (label, state, kind, detail, outcome) = match &ending {
+        Ending::Done(url) => (&labels.done, TaskState::Done, "done", url.as_str(), "done"),
+        Ending::Failed => (
+            &labels.failed,
+            TaskState::Failed,
+            "failed",
+            "the failure was reported before a restart",
+            "failed",
+        ),
+    };
+    tracing::info!(
+        task_id,
+        outcome,
+        "the task was finished before a restart; only labelling it"
+    );
+    daemon.store.log(task_id, "labelling", Some(label)).await?;
+    let repo = &daemon.dispatch_repo;
+    daemon.github.add_labels(repo, issue, &[label]).await?;
+    daemon
+        .github
+        .remove_label(repo, issue, &labels.in_progress)
+        .await?;
+    daemon
+        .store
+        .transition(task_id, state, kind, Some(detail))
+        .await?;
+    Metrics::count(&daemon.metrics.tasks_processed, outcome);
+    Ok(true)
 }
 
 async fn settle(

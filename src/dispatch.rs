@@ -528,6 +528,77 @@ pub fn strip_html_comments(text: &str) -> String {
     HTML_COMMENT.replace_all(text, "").into_owned()
 }
 
+/// A dispatch issue exactly as the HandsFree backend writes it (spec §2): its title and
+/// body. `target` is the type and reference (`owner/repo#N` or `#N`).
+pub fn dispatch_issue(
+    task_id: &str,
+    user_id: &str,
+    target: Option<(TargetKind, &str)>,
+    instruction: &str,
+) -> (String, String) {
+    let title = if instruction.is_empty() {
+        EMPTY_INSTRUCTION_TITLE.to_string()
+    } else if instruction.chars().count() > 100 {
+        format!("{}...", instruction.chars().take(100).collect::<String>())
+    } else {
+        instruction.to_string()
+    };
+    let mut lines = vec![
+        "# Agent Task Delegation".to_string(),
+        String::new(),
+        format!("**Task ID:** `{task_id}`"),
+        format!("**User ID:** `{user_id}`"),
+        String::new(),
+    ];
+    if let Some((kind, reference)) = target {
+        let kind = match kind {
+            TargetKind::Issue => "issue",
+            TargetKind::Pr => "pr",
+        };
+        lines.push(format!("**Target:** {kind} `{reference}`"));
+        lines.push(String::new());
+    }
+    if !instruction.is_empty() {
+        lines.extend([
+            "## Instructions".to_string(),
+            String::new(),
+            instruction.to_string(),
+            String::new(),
+        ]);
+    }
+    // As Python's `json.dumps` writes it: keys in this order, `", "` and `": "` separators.
+    let quoted = |v: &str| ascii_json(&serde_json::Value::from(v).to_string());
+    let metadata = format!(
+        "{{\"task_id\": {}, \"user_id\": {}, \"provider\": \"github_issue_dispatch\"}}",
+        quoted(task_id),
+        quoted(user_id)
+    );
+    lines.extend([
+        "---".to_string(),
+        String::new(),
+        "<!-- agent_task_metadata".to_string(),
+        metadata,
+        "-->".to_string(),
+    ]);
+    (title, lines.join("\n"))
+}
+
+/// `json.dumps`'s default `ensure_ascii`: every non-ASCII character as `\uXXXX`.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// The branch a dispatch task's changes are pushed to.
 pub fn branch_name(task: &Task) -> String {
     format!("agent-task-{}", task.issue_number)
@@ -1052,6 +1123,52 @@ mod tests {
         let failed = failed_comment("bot", "tests never passed", Some("FAILED test_add ```"));
         assert!(failed.starts_with("❌ bot failed to process this task: tests never passed"));
         assert!(failed.contains("````text\nFAILED test_add ```\n````"));
+    }
+
+    #[test]
+    fn builds_issues_exactly_as_the_backend_does() {
+        let (title, body) = dispatch_issue(
+            ID,
+            "user-7",
+            Some((TargetKind::Issue, "acme/w#1")),
+            "Fix add().\nIt subtracts.",
+        );
+        assert_eq!(title, "Fix add().\nIt subtracts.");
+        assert_eq!(
+            body,
+            backend_body(Some(("issue", "acme/w#1")), "Fix add().\nIt subtracts.")
+        );
+        let (title, body) = dispatch_issue(ID, "user-7", None, "");
+        assert_eq!(title, "Agent Task");
+        assert_eq!(body, backend_body(None, ""));
+        let long = "x".repeat(101);
+        assert_eq!(
+            dispatch_issue(ID, "u", None, &long).0,
+            format!("{}...", "x".repeat(100))
+        );
+        assert_eq!(
+            dispatch_issue(ID, "u", None, &"x".repeat(100)).0,
+            "x".repeat(100)
+        );
+        let (_, body) = dispatch_issue(ID, "jos\u{e9} \u{1F600}", None, "x");
+        assert!(
+            body.contains(r#""user_id": "jos\u00e9 \ud83d\ude00""#),
+            "{body}"
+        );
+        // What we write, we read.
+        let (_, body) = dispatch_issue(ID, "u", Some((TargetKind::Pr, "acme/w#9")), "Do it");
+        let task = parse_issue(&issue(&body), None).unwrap();
+        assert_eq!(
+            (task.task_id.as_str(), task.instruction.as_str()),
+            (ID, "Do it")
+        );
+        assert_eq!(
+            task.target_ref,
+            Some(TargetRef {
+                kind: TargetKind::Pr,
+                number: 9
+            })
+        );
     }
 
     #[test]

@@ -800,6 +800,36 @@ pub fn is_transient(error: &GitHubError) -> bool {
     }
 }
 
+/// Creating dispatch issues (the `dispatch` command: trying the runner without the backend).
+impl GitHub {
+    /// Opens an issue with exactly `title`, `body` and `labels`, as the backend does; returns
+    /// its number.
+    pub async fn create_issue(
+        &self,
+        repo: &RepoName,
+        title: &str,
+        body: &str,
+        labels: &[&str],
+    ) -> Result<u64, GitHubError> {
+        let what = format!("opening an issue in {repo}");
+        let route = format!("/repos/{}/{}/issues", repo.owner, repo.name);
+        let payload = serde_json::json!({ "title": title, "body": body, "labels": labels });
+        // Not idempotent: a 5xx may have created the issue.
+        let created: serde_json::Value = self
+            .json(&what, Method::POST, &route, Some(&payload), false)
+            .await?;
+        created
+            .get("number")
+            .and_then(|n| n.as_u64())
+            .ok_or_else(|| GitHubError::Api {
+                what,
+                status: 201,
+                message: "the answer has no issue number".into(),
+                hint: "",
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,11 +171,7 @@ impl Work<'_> {
             runner_id,
             task_id: self.task_id.to_string(),
         };
-        let budget = Budget {
-            max_iterations: self.config.agent.max_iterations,
-            max_wall: Duration::from_secs(self.config.agent.max_wall_secs),
-            max_context_bytes: self.config.agent.max_context_bytes,
-        };
+        let budget = Budget::from_config(&self.config.agent);
         // A backstop for hangs, not a budget: the agent checks its wall clock only between
         // steps, so its last test run (and the setup) may each take a full command timeout.
         let commands_after_budget = if setup_cmd.is_some() { 2 } else { 1 };
@@ -726,11 +722,7 @@ impl<H: IssueHooks> IssueRun<'_, H> {
         .run(&mut timings)
         .await?;
 
-        let budget = Budget {
-            max_iterations: config.agent.max_iterations,
-            max_wall: Duration::from_secs(config.agent.max_wall_secs),
-            max_context_bytes: config.agent.max_context_bytes,
-        };
+        let budget = Budget::from_config(&config.agent);
         if !outcome.succeeded() {
             return Err(Failure {
                 reason: format!(

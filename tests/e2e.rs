@@ -384,6 +384,74 @@ async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dispatch_opens_an_issue_in_the_handsfree_format_that_the_runner_takes() {
+    let world = World::new().await;
+    let output = world
+        .run(
+            &[
+                "dispatch",
+                "--target",
+                "acme/calculator#1",
+                "--instruction",
+                "Fix add(): it subtracts.",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    let (reference, task_id) = stdout.trim().split_once(" task ").unwrap();
+    let number: u64 = reference.rsplit_once('#').unwrap().1.parse().unwrap();
+    assert_eq!(reference, format!("{DISPATCH}#{number}"));
+    let issue = world.gh.issue(DISPATCH, number).unwrap();
+    assert_eq!(issue.title, "Fix add(): it subtracts.");
+    assert_eq!(issue.labels, ["copilot-agent"]);
+    assert!(issue.body.starts_with(&format!("# Agent Task Delegation\n\n**Task ID:** `{task_id}`\n**User ID:** `agent-runner-cli`\n\n**Target:** issue `acme/calculator#1`\n\n## Instructions\n\nFix add(): it subtracts.\n\n---\n\n<!-- agent_task_metadata\n{{\"task_id\": \"{task_id}\", \"user_id\": \"agent-runner-cli\", \"provider\": \"github_issue_dispatch\"}}\n-->")), "{}", issue.body);
+    let create = world
+        .gh
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == format!("/repos/{DISPATCH}/issues"))
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&create.body).unwrap();
+    let mut keys: Vec<&str> = payload
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["body", "labels", "title"],
+        "exactly the backend's payload"
+    );
+
+    let solved = world.run_issue(number, "fix", &[], &[]).await;
+    assert_exit(&solved, 0);
+    assert!(world.gh.pulls(TARGET)[0].body.contains(task_id));
+
+    let bad = world
+        .run(
+            &[
+                "dispatch",
+                "--target",
+                "acme/calculator",
+                "--instruction",
+                "x",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&bad, 2);
+    assert!(
+        text(&bad.stderr).contains("must be `owner/repo#N` or `#N`"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_change_that_adds_a_credential_is_never_pushed() {
     let world = World::new().await;
     let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));

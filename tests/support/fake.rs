@@ -63,6 +63,19 @@ pub struct FakePull {
     pub draft: bool,
 }
 
+/// When a [`FakeGitHub::set_hook`] hook runs for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// On arrival, before anything is applied (the recorded body is still empty). The hook
+    /// returning false drops the request: it is answered 503 and has no effect.
+    Before,
+    /// After the request took effect and was recorded, before its response is sent.
+    After,
+}
+
+/// See [`FakeGitHub::set_hook`].
+pub type RequestHook = Arc<dyn Fn(HookPoint, &RecordedRequest) -> bool + Send + Sync>;
+
 pub struct FakeGitHub {
     state: Arc<Mutex<State>>,
     base: String,
@@ -92,6 +105,7 @@ pub(super) struct State {
     pub request_count: u64,
     pub requests: Vec<RecordedRequest>,
     pub failures: Vec<Failure>,
+    pub hook: Option<RequestHook>,
 }
 
 pub(super) struct Failure {
@@ -254,6 +268,7 @@ impl FakeGitHub {
             request_count: 0,
             requests: Vec::new(),
             failures: Vec::new(),
+            hook: None,
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
@@ -468,6 +483,17 @@ impl FakeGitHub {
         });
     }
 
+    /// Runs `hook` for every request, synchronously inside the request's handling: before
+    /// it is applied (returning false drops it) and after it took effect but before the
+    /// client sees the response. For tests that must act at an exact point of a client's
+    /// conversation, e.g. kill the client right after its comment was created.
+    pub fn set_hook(
+        &self,
+        hook: impl Fn(HookPoint, &RecordedRequest) -> bool + Send + Sync + 'static,
+    ) {
+        self.lock().hook = Some(Arc::new(hook));
+    }
+
     /// Stops the server (dropping does the same).
     pub fn shutdown(self) {}
 
@@ -540,6 +566,25 @@ async fn handle(
         .get(header::IF_NONE_MATCH)
         .map(|v| v.to_str().unwrap_or("").to_string());
     let is_git = path.starts_with("/git/");
+    let hook = lock(&shared).hook.clone();
+    let head = |status: u16, body: String| RecordedRequest {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        status,
+        if_none_match: if_none_match.is_some(),
+        body,
+    };
+    if let Some(hook) = &hook
+        && !hook(HookPoint::Before, &head(0, String::new()))
+    {
+        lock(&shared).requests.push(head(503, String::new()));
+        let response = Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body(Body::from("dropped by a test hook\n"))
+            .expect("response");
+        return response;
+    }
 
     let (ok, failure) = authorize(&shared, req.headers(), &method, &path);
 
@@ -568,14 +613,11 @@ async fn handle(
         (api_response(&shared, &api, ok, failure), text)
     };
 
-    lock(&shared).requests.push(RecordedRequest {
-        method,
-        path,
-        query,
-        status: response.status().as_u16(),
-        if_none_match: if_none_match.is_some(),
-        body: body_text,
-    });
+    let recorded = head(response.status().as_u16(), body_text);
+    lock(&shared).requests.push(recorded.clone());
+    if let Some(hook) = &hook {
+        hook(HookPoint::After, &recorded);
+    }
     response
 }
 

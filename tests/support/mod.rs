@@ -19,7 +19,9 @@ mod git_http;
 mod json;
 mod rest;
 
-pub use fake::{FakeGitHub, FakeIssue, FakePull, RecordedRequest, VIEWER_LOGIN};
+pub use fake::{
+    FakeGitHub, FakeIssue, FakePull, HookPoint, RecordedRequest, RequestHook, VIEWER_LOGIN,
+};
 pub use fixtures::{
     branch_commit_message, branch_files, branch_names, make_bare_repo, push_commit,
 };

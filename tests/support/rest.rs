@@ -306,7 +306,8 @@ fn create_issue(st: &mut State, ri: usize, body: &Value) -> Reply {
         state_reason: None,
         labels,
         author: VIEWER_LOGIN.into(),
-        author_association: "NONE".into(),
+        // The token's user can write to the repository, so GitHub calls it a collaborator.
+        author_association: "COLLABORATOR".into(),
         comments: Vec::new(),
         created_at: now,
         updated_at: now,
