@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{FakeGitHub, make_bare_repo};
+use support::{FakeGitHub, serve_calculator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "ghp_daemonSecretToken0123456789abcd";
@@ -24,25 +24,11 @@ fn root() -> PathBuf {
 }
 
 fn dispatch_body(task_id: &str) -> String {
-    [
-        "# Agent Task Delegation".to_string(),
-        String::new(),
-        format!("**Task ID:** `{task_id}`"),
-        "**User ID:** `user-42`".into(),
-        String::new(),
-        format!("**Target:** issue `{TARGET}#1`"),
-        String::new(),
-        "## Instructions".into(),
-        String::new(),
-        "Fix add(): it subtracts.".into(),
-        String::new(),
-        "---".into(),
-        String::new(),
-        "<!-- agent_task_metadata".into(),
-        format!("{{\"task_id\": \"{task_id}\", \"user_id\": \"user-42\", \"provider\": \"github_issue_dispatch\"}}"),
-        "-->".into(),
-    ]
-    .join("\n")
+    support::dispatch_body(
+        task_id,
+        Some("acme/calculator#1"),
+        "Fix add(): it subtracts.",
+    )
 }
 
 struct World {
@@ -54,35 +40,7 @@ impl World {
     async fn new() -> World {
         let gh = FakeGitHub::start(TOKEN).await;
         let tmp = tempfile::tempdir().unwrap();
-        let dir = root().join("examples/calculator");
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if path.is_file() && !name.ends_with(".jsonl") {
-                files.push((name, std::fs::read_to_string(&path).unwrap()));
-            }
-        }
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
-        let target = make_bare_repo(&tmp.path().join("calculator.git"), &refs, "main");
-        gh.add_repo(TARGET, "main", &target);
-        let dispatch = make_bare_repo(
-            &tmp.path().join("dispatch.git"),
-            &[("README.md", "d\n")],
-            "main",
-        );
-        gh.add_repo(DISPATCH, "main", &dispatch);
-        gh.add_issue(
-            TARGET,
-            "add() is wrong",
-            "2 + 3 gives -1.",
-            &[],
-            "alice",
-            "OWNER",
-        );
+        serve_calculator(&gh, tmp.path(), "2 + 3 gives -1.");
         World { gh, tmp }
     }
 

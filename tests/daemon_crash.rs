@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{FakeGitHub, HookPoint, RecordedRequest, make_bare_repo};
+use support::{FakeGitHub, HookPoint, RecordedRequest, serve_calculator};
 
 const TOKEN: &str = "ghp_crashTestToken0123456789abcdefgh";
 const TASK_1: &str = "7a3e9c10-5b2d-4f8e-a1c4-2e9d8b7f6a01";
@@ -34,11 +34,10 @@ fn root() -> PathBuf {
 }
 
 fn dispatch_body(task_id: &str) -> String {
-    format!(
-        "# Agent Task Delegation\n\n**Task ID:** `{task_id}`\n**User ID:** `user-42`\n\n\
-         **Target:** issue `{TARGET}#1`\n\n## Instructions\n\nFix add(): it subtracts.\n\n---\n\n\
-         <!-- agent_task_metadata\n{{\"task_id\": \"{task_id}\", \"user_id\": \"user-42\", \
-         \"provider\": \"github_issue_dispatch\"}}\n-->"
+    support::dispatch_body(
+        task_id,
+        Some("acme/calculator#1"),
+        "Fix add(): it subtracts.",
     )
 }
 
@@ -314,28 +313,7 @@ async fn sigkill_at_every_step_loses_nothing_and_duplicates_nothing() {
     let gh = FakeGitHub::start(TOKEN).await;
     // Kept on failure for its logs; removed at the end of a passing run.
     let tmp = tempfile::tempdir().unwrap().keep();
-    let dir = root().join("examples/calculator");
-    let mut files = Vec::new();
-    for name in ["Makefile", "calc.py", "test_calc.py"] {
-        files.push((name, std::fs::read_to_string(dir.join(name)).unwrap()));
-    }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
-    let target = make_bare_repo(&tmp.as_path().join("calculator.git"), &refs, "main");
-    gh.add_repo(TARGET, "main", &target);
-    let dispatch = make_bare_repo(
-        &tmp.as_path().join("dispatch.git"),
-        &[("README.md", "d\n")],
-        "main",
-    );
-    gh.add_repo(DISPATCH, "main", &dispatch);
-    gh.add_issue(
-        TARGET,
-        "add() is wrong",
-        "2 + 3 gives -1.",
-        &[],
-        "alice",
-        "OWNER",
-    );
+    serve_calculator(&gh, tmp.as_path(), "2 + 3 gives -1.");
     let issues: Vec<u64> = [TASK_1, TASK_2]
         .iter()
         .map(|task| {

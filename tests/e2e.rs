@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Output;
 
-use support::{FakeGitHub, branch_commit_message, branch_files, branch_names, make_bare_repo};
+use support::{FakeGitHub, branch_commit_message, branch_files, branch_names, serve_calculator};
 
 const TOKEN: &str = "ghp_e2eSecretToken0123456789abcdef";
 const LLM_KEY: &str = "sk-e2eLlmKey0123456789";
@@ -21,44 +21,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn example_files() -> Vec<(String, String)> {
-    let dir = root().join("examples/calculator");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_file() && !name.ends_with(".jsonl") {
-            files.push((name, std::fs::read_to_string(&path).unwrap()));
-        }
-    }
-    files
-}
-
-/// A dispatch issue body exactly as the HandsFree backend writes it.
+/// A dispatch issue body as the backend writes it, for this file's task.
 fn dispatch_body(target: Option<&str>, instruction: &str) -> String {
-    let mut lines = vec![
-        "# Agent Task Delegation".to_string(),
-        String::new(),
-        format!("**Task ID:** `{TASK_ID}`"),
-        "**User ID:** `user-42`".to_string(),
-        String::new(),
-    ];
-    if let Some(target) = target {
-        lines.push(format!("**Target:** issue `{target}`"));
-        lines.push(String::new());
-    }
-    lines.extend([
-        "## Instructions".to_string(),
-        String::new(),
-        instruction.to_string(),
-        String::new(),
-        "---".to_string(),
-        String::new(),
-        "<!-- agent_task_metadata".to_string(),
-        format!("{{\"task_id\": \"{TASK_ID}\", \"user_id\": \"user-42\", \"provider\": \"github_issue_dispatch\"}}"),
-        "-->".to_string(),
-    ]);
-    lines.join("\n")
+    support::dispatch_body(TASK_ID, target, instruction)
 }
 
 struct World {
@@ -71,28 +36,7 @@ impl World {
     async fn new() -> World {
         let gh = FakeGitHub::start(TOKEN).await;
         let tmp = tempfile::tempdir().unwrap();
-        let files = example_files();
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
-        let target_bare = make_bare_repo(&tmp.path().join("calculator.git"), &refs, "main");
-        gh.add_repo(TARGET, "main", &target_bare);
-        let dispatch_bare = make_bare_repo(
-            &tmp.path().join("dispatch.git"),
-            &[("README.md", "dispatch\n")],
-            "main",
-        );
-        gh.add_repo(DISPATCH, "main", &dispatch_bare);
-        // The target issue the task refers to.
-        gh.add_issue(
-            TARGET,
-            "add() is wrong",
-            "2 + 3 gives -1. <!-- hidden note -->",
-            &[],
-            "alice",
-            "OWNER",
-        );
+        let target_bare = serve_calculator(&gh, tmp.path(), "2 + 3 gives -1. <!-- hidden note -->");
         World {
             gh,
             tmp,

@@ -148,3 +148,52 @@ pub fn branch_commit_message(bare: &Path, branch: &str) -> Option<String> {
     let sha = rev_parse(bare, branch)?;
     git_text(bare, &["log", "-1", "--format=%B", &sha])
 }
+
+/// Serves the bundled example `examples/calculator` as `acme/calculator` (with issue #1,
+/// `target_issue_body`, the one dispatch tasks refer to) and an empty `acme/dispatch` on
+/// `gh`, their bare repositories under `dir`; returns the target's bare repository.
+pub fn serve_calculator(gh: &super::FakeGitHub, dir: &Path, target_issue_body: &str) -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/calculator");
+    let files: Vec<(String, String)> = ["Makefile", "calc.py", "test_calc.py"]
+        .iter()
+        .map(|name| {
+            let content = std::fs::read_to_string(example.join(name)).expect("example file");
+            (name.to_string(), content)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let target = make_bare_repo(&dir.join("calculator.git"), &refs, "main");
+    gh.add_repo("acme/calculator", "main", &target);
+    let dispatch = make_bare_repo(
+        &dir.join("dispatch.git"),
+        &[("README.md", "dispatch\n")],
+        "main",
+    );
+    gh.add_repo("acme/dispatch", "main", &dispatch);
+    gh.add_issue(
+        "acme/calculator",
+        "add() is wrong",
+        target_issue_body,
+        &[],
+        "alice",
+        "OWNER",
+    );
+    target
+}
+
+/// A dispatch issue body exactly as the HandsFree backend writes it, targeting
+/// `acme/calculator#1` (or nothing), from the runner's own builder, which its unit tests
+/// hold to the protocol's layout.
+pub fn dispatch_body(task_id: &str, target: Option<&str>, instruction: &str) -> String {
+    use agent_runner::dispatch::{TargetKind, dispatch_issue};
+    dispatch_issue(
+        task_id,
+        "user-42",
+        target.map(|t| (TargetKind::Issue, t)),
+        instruction,
+    )
+    .1
+}

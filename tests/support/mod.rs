@@ -23,5 +23,6 @@ pub use fake::{
     FakeGitHub, FakeIssue, FakePull, HookPoint, RecordedRequest, RequestHook, VIEWER_LOGIN,
 };
 pub use fixtures::{
-    branch_commit_message, branch_files, branch_names, make_bare_repo, push_commit,
+    branch_commit_message, branch_files, branch_names, dispatch_body, make_bare_repo, push_commit,
+    serve_calculator,
 };
