@@ -404,6 +404,32 @@ async fn ended_on_github(
 }
 
 /// Labels and journals a task an earlier attempt ended on GitHub. Returns true.
+/// The last steps of a finished task: the outcome label replaces the in-progress one on the
+/// issue, then the journal records the final state (journalled first, so a restart redoes
+/// only the labelling).
+async fn label_and_record(
+    daemon: &Daemon,
+    task_id: &str,
+    issue: u64,
+    label: &str,
+    state: TaskState,
+    kind: &str,
+    detail: &str,
+) -> Result<(), DaemonError> {
+    let repo = &daemon.dispatch_repo;
+    daemon.store.log(task_id, "labelling", Some(label)).await?;
+    daemon.github.add_labels(repo, issue, &[label]).await?;
+    daemon
+        .github
+        .remove_label(repo, issue, &daemon.config.labels.in_progress)
+        .await?;
+    daemon
+        .store
+        .transition(task_id, state, kind, Some(detail))
+        .await?;
+    Ok(())
+}
+
 async fn settle_ended(
     daemon: &Daemon,
     task_id: &str,
@@ -426,17 +452,7 @@ async fn settle_ended(
         outcome,
         "the task was finished before a restart; only labelling it"
     );
-    daemon.store.log(task_id, "labelling", Some(label)).await?;
-    let repo = &daemon.dispatch_repo;
-    daemon.github.add_labels(repo, issue, &[label]).await?;
-    daemon
-        .github
-        .remove_label(repo, issue, &labels.in_progress)
-        .await?;
-    daemon
-        .store
-        .transition(task_id, state, kind, Some(detail))
-        .await?;
+    label_and_record(daemon, task_id, issue, label, state, kind, detail).await?;
     Metrics::count(&daemon.metrics.tasks_processed, outcome);
     Ok(true)
 }
@@ -453,22 +469,8 @@ async fn settle(
     let outcome = match result {
         Ok(report) => {
             record_usage(daemon, &report.outcome);
-            daemon
-                .store
-                .log(task_id, "labelling", Some(&labels.done))
-                .await?;
-            daemon
-                .github
-                .add_labels(repo, issue, &[&labels.done])
-                .await?;
-            daemon
-                .github
-                .remove_label(repo, issue, &labels.in_progress)
-                .await?;
-            daemon
-                .store
-                .transition(task_id, TaskState::Done, "done", Some(&report.pr_url))
-                .await?;
+            let (label, url) = (&labels.done, &report.pr_url);
+            label_and_record(daemon, task_id, issue, label, TaskState::Done, "done", url).await?;
             "done"
         }
         Err(RunError::NotClaimed { holder, .. }) => {
@@ -501,22 +503,17 @@ async fn settle(
                     .comment(repo, issue, &daemon.config.redactor().redact(&comment))
                     .await?;
             }
-            daemon
-                .store
-                .log(task_id, "labelling", Some(&labels.failed))
-                .await?;
-            daemon
-                .github
-                .add_labels(repo, issue, &[&labels.failed])
-                .await?;
-            daemon
-                .github
-                .remove_label(repo, issue, &labels.in_progress)
-                .await?;
-            daemon
-                .store
-                .transition(task_id, TaskState::Failed, "failed", Some(&e.to_string()))
-                .await?;
+            let (label, why) = (&labels.failed, e.to_string());
+            label_and_record(
+                daemon,
+                task_id,
+                issue,
+                label,
+                TaskState::Failed,
+                "failed",
+                &why,
+            )
+            .await?;
             "failed"
         }
     };
