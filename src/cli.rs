@@ -59,6 +59,10 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Show a task's transcript for a person: turns, edits, test results, stop reason.
+    /// Check what a deployment needs (Docker, sandbox image, GitHub token and dispatch
+    /// repository, model server, journal directory), each problem with its fix: exit 0 when
+    /// nothing failed, 1 otherwise.
+    Doctor(DoctorArgs),
     Transcript {
         /// The task id (as in the summary or the failure comment), or a transcript file.
         task_id: String,
@@ -130,6 +134,12 @@ pub struct RunIssueArgs {
     /// The dispatch issue number.
     #[arg(long)]
     pub issue: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -277,6 +287,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             bench(crate::bench::sandbox::run(args).await)
         }
         Command::Transcript { task_id, raw } => transcript(&config, &task_id, raw),
+        Command::Doctor(_) => doctor(&config).await,
     };
     match result {
         Ok(code) => code,
@@ -301,7 +312,8 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
     }
     if let Command::Solve(SolveArgs { model, .. })
     | Command::RunIssue(RunIssueArgs { model, .. })
-    | Command::Serve(ServeArgs { model, .. }) = &cli.command
+    | Command::Serve(ServeArgs { model, .. })
+    | Command::Doctor(DoctorArgs { model }) = &cli.command
     {
         apply_model_args(&mut config, model)?;
     }
@@ -487,10 +499,10 @@ async fn dispatch_create(config: &Config, args: DispatchArgs) -> Result<ExitCode
         Some((kind, &target)),
         instruction.trim(),
     );
-    let token = config.github_token().map_err(Failure::usage)?;
+    let credentials = config.github_credentials().map_err(Failure::usage)?;
     let dispatch_repo = config.dispatch_repo().map_err(Failure::usage)?;
-    let github =
-        crate::github::GitHub::new(&config.github_api_url, token).map_err(Failure::usage)?;
+    let github = crate::github::GitHub::with_credentials(&config.github_api_url, &credentials)
+        .map_err(Failure::usage)?;
     let number = github
         .create_issue(
             &dispatch_repo,
@@ -567,7 +579,7 @@ fn dispatch_check(config: &Config, issue_file: &std::path::Path) -> Result<ExitC
 }
 
 async fn serve(config: Config) -> Result<ExitCode, Failure> {
-    config.github_token().map_err(Failure::usage)?;
+    config.github_credentials().map_err(Failure::usage)?;
     crate::daemon::serve(config, shutdown_signal())
         .await
         .map_err(|e| match e {
@@ -641,6 +653,16 @@ fn bench(result: anyhow::Result<()>) -> Result<ExitCode, Failure> {
     result
         .map(|()| ExitCode::SUCCESS)
         .map_err(|e| Failure::task(format!("{e:#}")))
+}
+
+async fn doctor(config: &Config) -> Result<ExitCode, Failure> {
+    let checks = crate::doctor::run(config).await;
+    print!("{}", crate::doctor::render(&checks));
+    Ok(if crate::doctor::has_failure(&checks) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn sandbox_build() -> Result<ExitCode, Failure> {

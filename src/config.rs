@@ -6,9 +6,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dispatch::{IntakeRules, RepoName};
+use crate::github::{AppCredentials, Credentials};
 
 /// A value that must never appear in logs, errors, comments, PR bodies or commits.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -27,6 +28,13 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// Serialises as `"***"`: a serialised `Config` (e.g. to list its keys) never holds a secret.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
     }
 }
 
@@ -49,11 +57,22 @@ pub enum ConfigError {
     Missing(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// GitHub token (`AGENT_RUNNER_GITHUB_TOKEN` or `GITHUB_TOKEN`).
     pub github_token: Option<Secret>,
+    /// GitHub App authentication instead of a token (`GITHUB_APP_ID`): set all three of
+    /// the App id, installation id and private key, or none. When set, the App wins over
+    /// `github_token`.
+    pub github_app_id: Option<u64>,
+    /// `GITHUB_APP_INSTALLATION_ID`: the App's installation on the dispatch/target owner.
+    pub github_app_installation_id: Option<u64>,
+    /// `GITHUB_APP_PRIVATE_KEY_PATH`: the `.pem` downloaded from the App's settings.
+    pub github_app_private_key_path: Option<PathBuf>,
+    /// `GITHUB_APP_PRIVATE_KEY`: the PEM itself, for deployments that pass secrets as
+    /// variables; wins over the path.
+    pub github_app_private_key: Option<Secret>,
     /// REST API root (`GITHUB_API_URL`); GitHub Enterprise: `https://HOST/api/v3`.
     pub github_api_url: String,
     /// `owner/repo` of the dispatch repository (`DISPATCH_REPO` or `HANDSFREE_AGENT_DISPATCH_REPO`).
@@ -98,7 +117,7 @@ pub struct Config {
 }
 
 /// Labels on dispatch issues.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LabelConfig {
     /// What marks a dispatch issue (the protocol's `copilot-agent`).
@@ -119,7 +138,7 @@ impl Default for LabelConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// `openai` (any OpenAI-compatible server) or `replay` (`LLM_PROVIDER`).
@@ -139,7 +158,7 @@ pub struct LlmConfig {
     pub temperature: f32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Model replies per task.
@@ -162,7 +181,7 @@ pub struct AgentConfig {
     pub protect_workflows: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// A local image to use instead of the default one (built offline on demand).
@@ -182,7 +201,7 @@ pub struct SandboxConfig {
     pub setup_network: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetConfig {
     pub test_cmd: Option<String>,
@@ -195,6 +214,10 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             github_token: None,
+            github_app_id: None,
+            github_app_installation_id: None,
+            github_app_private_key_path: None,
+            github_app_private_key: None,
             github_api_url: "https://api.github.com".into(),
             dispatch_repo: "endomorphosis/lift_coding_dispatch".into(),
             default_target: None,
@@ -326,6 +349,27 @@ impl Config {
         if let Some(v) = get(&["AGENT_RUNNER_GITHUB_TOKEN", "GITHUB_TOKEN"]) {
             self.github_token = Some(Secret::new(v));
         }
+        for (name, field) in [
+            ("GITHUB_APP_ID", &mut self.github_app_id),
+            (
+                "GITHUB_APP_INSTALLATION_ID",
+                &mut self.github_app_installation_id,
+            ),
+        ] {
+            if let Some(v) = get(&[name]) {
+                *field = Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    name,
+                    value: v.clone(),
+                    why: "expected the App's numeric id, as shown on its settings page".into(),
+                })?);
+            }
+        }
+        if let Some(v) = get(&["GITHUB_APP_PRIVATE_KEY_PATH"]) {
+            self.github_app_private_key_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get(&["GITHUB_APP_PRIVATE_KEY"]) {
+            self.github_app_private_key = Some(Secret::new(v));
+        }
         if let Some(v) = get(&["GITHUB_API_URL"]) {
             self.github_api_url = v;
         }
@@ -391,6 +435,7 @@ impl Config {
     /// Checks what every command needs; command-specific needs are checked where used.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.intake_rules()?;
+        self.github_app_parts()?;
         if crate::logging::level_filter(&self.log_level).is_none() {
             return Err(ConfigError::Invalid {
                 name: "LOG_LEVEL",
@@ -468,6 +513,71 @@ impl Config {
         })
     }
 
+    /// The GitHub App settings when any is set: all three or an error naming what is missing.
+    fn github_app_parts(&self) -> Result<Option<(u64, u64)>, ConfigError> {
+        let has_key =
+            self.github_app_private_key.is_some() || self.github_app_private_key_path.is_some();
+        match (self.github_app_id, self.github_app_installation_id, has_key) {
+            (None, None, false) => Ok(None),
+            (Some(app), Some(installation), true) => Ok(Some((app, installation))),
+            (app, installation, key) => {
+                let missing: Vec<&str> = [
+                    (app.is_none(), "GITHUB_APP_ID"),
+                    (installation.is_none(), "GITHUB_APP_INSTALLATION_ID"),
+                    (
+                        !key,
+                        "GITHUB_APP_PRIVATE_KEY_PATH (or GITHUB_APP_PRIVATE_KEY)",
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(m, name)| m.then_some(name))
+                .collect();
+                Err(ConfigError::Missing(format!(
+                    "GitHub App authentication is half configured: set {} too, or unset the GITHUB_APP_* settings to use GITHUB_TOKEN",
+                    missing.join(" and ")
+                )))
+            }
+        }
+    }
+
+    /// How to authenticate to GitHub: the App if configured (it wins over a token; a warning
+    /// says so when both are set), else the token. Reads the App's key file.
+    pub fn github_credentials(&self) -> Result<Credentials, ConfigError> {
+        let Some((app_id, installation_id)) = self.github_app_parts()? else {
+            return Ok(Credentials::Token(self.github_token()?.clone()));
+        };
+        if self.github_token.is_some() {
+            tracing::warn!(
+                "both GITHUB_TOKEN and a GitHub App are configured; using the GitHub App (unset one to silence this)"
+            );
+        }
+        let private_key = match (
+            &self.github_app_private_key,
+            &self.github_app_private_key_path,
+        ) {
+            (Some(pem), _) => pem.clone(),
+            (None, Some(path)) => {
+                Secret::new(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            // github_app_parts checked that one of the two is set.
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "GitHub App authentication needs GITHUB_APP_PRIVATE_KEY_PATH".into(),
+                ));
+            }
+        };
+        Ok(Credentials::App(AppCredentials {
+            app_id,
+            installation_id,
+            private_key,
+        }))
+    }
+
     pub fn target(&self, repo: &str) -> TargetConfig {
         self.targets.get(repo).cloned().unwrap_or_default()
     }
@@ -478,11 +588,16 @@ impl Config {
 
     /// Everything secret this runner holds.
     pub fn secret_values(&self) -> Vec<&str> {
-        [&self.github_token, &self.llm.api_key, &self.webhook_secret]
-            .into_iter()
-            .flatten()
-            .map(Secret::expose)
-            .collect()
+        [
+            &self.github_token,
+            &self.llm.api_key,
+            &self.webhook_secret,
+            &self.github_app_private_key,
+        ]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect()
     }
 
     /// Redaction of everything secret this runner holds.

@@ -47,7 +47,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let token = config.github_token()?.clone();
+    let credentials = config.github_credentials()?;
     let dispatch_repo = config.dispatch_repo()?;
     let store = Store::open(&config.state_dir).await?;
     let recovered = store.recover(&config.agent_name).await?;
@@ -57,7 +57,9 @@ pub async fn serve(
     remove_leftover_containers(&config.agent_name).await;
     let listener = server::bind(&config.listen).await?;
     let daemon = Arc::new(Daemon {
-        github: GitHub::new(&config.github_api_url, &token)?,
+        // With a GitHub App this client renews its installation token by itself (on the
+        // first call within 5 minutes of expiry), so it outlives any one token.
+        github: GitHub::with_credentials(&config.github_api_url, &credentials)?,
         store,
         dispatch_repo,
         metrics: Arc::new(Metrics::default()),
@@ -500,7 +502,11 @@ async fn settle(
                     dispatch::failed_comment(&daemon.config.agent_name, &e.to_string(), None);
                 daemon
                     .github
-                    .comment(repo, issue, &daemon.config.redactor().redact(&comment))
+                    .comment(
+                        repo,
+                        issue,
+                        &daemon.github.redactor(&daemon.config).redact(&comment),
+                    )
                     .await?;
             }
             let (label, why) = (&labels.failed, e.to_string());
@@ -595,7 +601,7 @@ impl IssueHooks for JournalHooks<'_> {
                     .comment(
                         repo,
                         task.issue_number,
-                        &d.config.redactor().redact(&started),
+                        &d.github.redactor(&d.config).redact(&started),
                     )
                     .await?;
                 let comments = github.comments(repo, task.issue_number).await?;

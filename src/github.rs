@@ -27,6 +27,10 @@ pub enum GitHubError {
     Transport { what: String, message: String },
     #[error("the GitHub API URL {url:?} is not valid: {message}")]
     BadUrl { url: String, message: String },
+    #[error(
+        "the GitHub App private key is not an RSA private key in PEM form ({message}); set GITHUB_APP_PRIVATE_KEY_PATH to the .pem file downloaded from the App's settings page"
+    )]
+    AppKey { message: String },
 }
 
 impl GitHubError {
@@ -251,37 +255,215 @@ impl Reply {
     }
 }
 
+/// How the runner authenticates to GitHub (see [`crate::config::Config::github_credentials`]).
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A personal access token (classic or fine-grained), used as is for the API and git.
+    Token(Secret),
+    /// A GitHub App installation: short-lived installation tokens are minted with a JWT
+    /// signed by the App's private key.
+    App(AppCredentials),
+}
+
+#[derive(Debug, Clone)]
+pub struct AppCredentials {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The App's RSA private key, PEM.
+    pub private_key: Secret,
+}
+
+/// An installation token is renewed when less than this is left: a clone or push that
+/// starts with it must not see it expire halfway.
+const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Claims of the JWT that authenticates as the App itself (only to mint tokens).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct AppClaims {
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+}
+
+impl AppClaims {
+    /// Issued 60 s in the past against clock drift; GitHub refuses an `exp` more than
+    /// 10 minutes ahead, so 9 leaves a margin on the other side too.
+    pub fn new(app_id: u64, now: i64) -> AppClaims {
+        AppClaims {
+            iat: now - 60,
+            exp: now + 9 * 60,
+            iss: app_id.to_string(),
+        }
+    }
+}
+
+/// An installation token and the client that uses it.
+#[derive(Clone)]
+struct Installation {
+    client: Octocrab,
+    token: Secret,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whether a token expiring at `expires_at` must be replaced at `now`.
+fn needs_renewal(
+    expires_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    expires_at - now < RENEW_BEFORE
+}
+
+struct AppAuth {
+    api_url: String,
+    app_id: u64,
+    installation_id: u64,
+    key: octocrab::jsonwebtoken::EncodingKey,
+    /// Held across a mint so concurrent callers wait for one token instead of minting many.
+    current: tokio::sync::Mutex<Option<Installation>>,
+    /// Every token minted so far, for redaction (an old one may still be in a message).
+    minted: std::sync::Mutex<Vec<String>>,
+}
+
+enum Auth {
+    Token { client: Octocrab, token: Secret },
+    App(AppAuth),
+}
+
 #[derive(Clone)]
 pub struct GitHub {
-    client: Octocrab,
+    auth: Arc<Auth>,
     policy: RetryPolicy,
     rate: Arc<RateState>,
 }
 
+/// A client for `api_url` sending `authorization` (a whole header value) or a token.
+fn build_client(api_url: &str, auth: ClientAuth) -> Result<Octocrab, GitHubError> {
+    let bad_url = |message: String| GitHubError::BadUrl {
+        url: api_url.to_string(),
+        message,
+    };
+    // octocrab retries 5xx and 429 immediately, POSTs included, which can duplicate a
+    // comment or PR; without its `retry` feature it does not, and `send` owns waiting.
+    let builder = Octocrab::builder()
+        .base_uri(api_url)
+        .map_err(|e| bad_url(e.to_string()))?
+        .set_connect_timeout(Some(Duration::from_secs(15)))
+        .set_read_timeout(Some(Duration::from_secs(60)));
+    let builder = match auth {
+        ClientAuth::Token(token) => builder.personal_token(token.expose().to_string()),
+        ClientAuth::Header(value) => builder.add_header(http::header::AUTHORIZATION, value),
+    };
+    builder.build().map_err(|e| bad_url(e.to_string()))
+}
+
+enum ClientAuth<'a> {
+    Token(&'a Secret),
+    Header(String),
+}
+
 impl GitHub {
+    /// A client authenticated with a fixed token.
     pub fn new(api_url: &str, token: &Secret) -> Result<GitHub, GitHubError> {
-        let bad_url = |message: String| GitHubError::BadUrl {
-            url: api_url.to_string(),
-            message,
+        GitHub::with_credentials(api_url, &Credentials::Token(token.clone()))
+    }
+
+    /// A client for either kind of credentials. For an App nothing is minted yet: the
+    /// first call does it.
+    pub fn with_credentials(
+        api_url: &str,
+        credentials: &Credentials,
+    ) -> Result<GitHub, GitHubError> {
+        let auth = match credentials {
+            Credentials::Token(token) => Auth::Token {
+                client: build_client(api_url, ClientAuth::Token(token))?,
+                token: token.clone(),
+            },
+            Credentials::App(app) => {
+                let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(
+                    app.private_key.expose().as_bytes(),
+                )
+                .map_err(|e| GitHubError::AppKey {
+                    message: e.to_string(),
+                })?;
+                // Fail on a bad URL now rather than at the first mint.
+                build_client(api_url, ClientAuth::Header(String::new()))?;
+                Auth::App(AppAuth {
+                    api_url: api_url.to_string(),
+                    app_id: app.app_id,
+                    installation_id: app.installation_id,
+                    key,
+                    current: tokio::sync::Mutex::new(None),
+                    minted: std::sync::Mutex::new(Vec::new()),
+                })
+            }
         };
-        // octocrab retries 5xx and 429 immediately, POSTs included, which can duplicate a
-        // comment or PR; without its `retry` feature it does not, and `send` owns waiting.
-        let client = Octocrab::builder()
-            .base_uri(api_url)
-            .map_err(|e| bad_url(e.to_string()))?
-            .personal_token(token.expose().to_string())
-            .set_connect_timeout(Some(Duration::from_secs(15)))
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .build()
-            .map_err(|e| bad_url(e.to_string()))?;
         Ok(GitHub {
-            client,
+            auth: Arc::new(auth),
             policy: RetryPolicy::default(),
             rate: Arc::new(RateState {
                 remaining: AtomicI64::new(-1),
                 reset: AtomicI64::new(0),
             }),
         })
+    }
+
+    /// The token for git over https (`x-access-token`): the App's installation token,
+    /// renewed when less than 5 minutes are left, so call this right before each clone or
+    /// push rather than keeping the value.
+    pub async fn git_token(&self) -> Result<Secret, GitHubError> {
+        match self.auth.as_ref() {
+            Auth::Token { token, .. } => Ok(token.clone()),
+            Auth::App(app) => Ok(self.installation(app).await?.token),
+        }
+    }
+
+    /// The tokens this client minted, which must be redacted like configured secrets.
+    pub fn minted_tokens(&self) -> Vec<String> {
+        match self.auth.as_ref() {
+            Auth::Token { .. } => Vec::new(),
+            Auth::App(app) => app
+                .minted
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        }
+    }
+
+    /// The config's redactor plus the tokens this client minted.
+    pub fn redactor(&self, config: &crate::config::Config) -> crate::config::Redactor {
+        crate::config::Redactor::new(
+            config
+                .secret_values()
+                .into_iter()
+                .map(str::to_string)
+                .chain(self.minted_tokens()),
+        )
+    }
+
+    /// The client to send the next request with.
+    async fn client(&self) -> Result<Octocrab, GitHubError> {
+        match self.auth.as_ref() {
+            Auth::Token { client, .. } => Ok(client.clone()),
+            Auth::App(app) => Ok(self.installation(app).await?.client),
+        }
+    }
+
+    /// The cached installation token, minted anew when missing or about to expire. The
+    /// daemon's long-lived client renews here, on its next call after the margin is hit.
+    async fn installation(&self, app: &AppAuth) -> Result<Installation, GitHubError> {
+        let mut current = app.current.lock().await;
+        if let Some(installation) = current.as_ref()
+            && !needs_renewal(installation.expires_at, chrono::Utc::now())
+        {
+            return Ok(installation.clone());
+        }
+        let installation = mint(app).await?;
+        app.minted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(installation.token.expose().to_string());
+        *current = Some(installation.clone());
+        Ok(installation)
     }
 
     pub fn with_policy(mut self, policy: RetryPolicy) -> GitHub {
@@ -312,12 +494,13 @@ impl GitHub {
         let (mut attempt, mut rate_waits) = (0u32, 0u32);
         loop {
             self.wait_for_reset(what).await?;
+            let client = self.client().await?;
             let result = match method.clone() {
-                Method::GET => self.client._get_with_headers(route, headers.clone()).await,
-                Method::POST => self.client._post(route, body).await,
-                Method::PATCH => self.client._patch(route, body).await,
-                Method::PUT => self.client._put(route, body).await,
-                Method::DELETE => self.client._delete(route, body).await,
+                Method::GET => client._get_with_headers(route, headers.clone()).await,
+                Method::POST => client._post(route, body).await,
+                Method::PATCH => client._patch(route, body).await,
+                Method::PUT => client._put(route, body).await,
+                Method::DELETE => client._delete(route, body).await,
                 other => {
                     return Err(GitHubError::Transport {
                         what: what.to_string(),
@@ -340,8 +523,7 @@ impl GitHub {
             };
             let status = response.status().as_u16();
             let headers_in = response.headers().clone();
-            let body_text = self
-                .client
+            let body_text = client
                 .body_to_string(response)
                 .await
                 .map_err(|e| GitHubError::from_octocrab(what, e))?;
@@ -459,27 +641,7 @@ impl GitHub {
     }
 
     fn api_error(&self, what: &str, reply: &Reply) -> GitHubError {
-        #[derive(Deserialize)]
-        struct Message {
-            message: Option<String>,
-            errors: Option<Vec<serde_json::Value>>,
-        }
-        let parsed: Option<Message> = serde_json::from_str(&reply.body).ok();
-        let mut message = parsed
-            .as_ref()
-            .and_then(|m| m.message.clone())
-            .unwrap_or_else(|| reply.body.chars().take(200).collect());
-        for detail in parsed.iter().flat_map(|m| m.errors.iter().flatten()) {
-            if let Some(m) = detail.get("message").and_then(|m| m.as_str()) {
-                message.push_str(&format!(" ({m})"));
-            }
-        }
-        GitHubError::Api {
-            what: what.to_string(),
-            status: reply.status,
-            message,
-            hint: hint_for(reply.status),
-        }
+        api_error(what, reply, hint_for(reply.status))
     }
 
     /// A call whose 2xx body is JSON of type `T`.
@@ -770,6 +932,101 @@ impl GitHub {
     }
 }
 
+/// Mints an installation token: `POST /app/installations/{id}/access_tokens`, authenticated
+/// as the App by a fresh JWT. Sent once: a failure fails the call (the daemon retries the
+/// task later), and minting twice would be harmless anyway.
+async fn mint(app: &AppAuth) -> Result<Installation, GitHubError> {
+    use octocrab::jsonwebtoken::{Algorithm, Header, encode};
+    let what = format!(
+        "minting an installation token for GitHub App {} (installation {})",
+        app.app_id, app.installation_id
+    );
+    let claims = AppClaims::new(app.app_id, chrono::Utc::now().timestamp());
+    let jwt = encode(&Header::new(Algorithm::RS256), &claims, &app.key).map_err(|e| {
+        GitHubError::AppKey {
+            message: e.to_string(),
+        }
+    })?;
+    let client = build_client(&app.api_url, ClientAuth::Header(format!("Bearer {jwt}")))?;
+    let route = format!("/app/installations/{}/access_tokens", app.installation_id);
+    let transport = |e: octocrab::Error| GitHubError::Transport {
+        what: what.clone(),
+        message: e.to_string(),
+    };
+    let response = client
+        ._post(route.as_str(), None::<&()>)
+        .await
+        .map_err(transport)?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = client.body_to_string(response).await.map_err(transport)?;
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    if !(200..300).contains(&status) {
+        let hint = match status {
+            401 => {
+                ". Check GITHUB_APP_ID and the private key (GITHUB_APP_PRIVATE_KEY_PATH): GitHub did not accept the JWT signed with it. Use the App's current key, and check this host's clock"
+            }
+            404 => {
+                ". Check GITHUB_APP_INSTALLATION_ID: the App has no such installation (see the App's installations page)"
+            }
+            _ => hint_for(status),
+        };
+        return Err(api_error(&what, &reply, hint));
+    }
+    #[derive(Deserialize)]
+    struct Minted {
+        token: String,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    }
+    let minted: Minted = serde_json::from_str(&reply.body).map_err(|e| GitHubError::Api {
+        what: what.clone(),
+        status,
+        message: format!("unexpected response: {e}"),
+        hint: "",
+    })?;
+    let token = Secret::new(minted.token);
+    tracing::info!(
+        app_id = app.app_id,
+        installation_id = app.installation_id,
+        expires_at = %minted.expires_at,
+        "minted a GitHub App installation token"
+    );
+    Ok(Installation {
+        client: build_client(&app.api_url, ClientAuth::Token(&token))?,
+        token,
+        expires_at: minted.expires_at,
+    })
+}
+
+/// A non-2xx reply as an error: GitHub's `message` and its `errors` details, plus `hint`.
+fn api_error(what: &str, reply: &Reply, hint: &'static str) -> GitHubError {
+    #[derive(Deserialize)]
+    struct Message {
+        message: Option<String>,
+        errors: Option<Vec<serde_json::Value>>,
+    }
+    let parsed: Option<Message> = serde_json::from_str(&reply.body).ok();
+    let mut message = parsed
+        .as_ref()
+        .and_then(|m| m.message.clone())
+        .unwrap_or_else(|| reply.body.chars().take(200).collect());
+    for detail in parsed.iter().flat_map(|m| m.errors.iter().flatten()) {
+        if let Some(m) = detail.get("message").and_then(|m| m.as_str()) {
+            message.push_str(&format!(" ({m})"));
+        }
+    }
+    GitHubError::Api {
+        what: what.to_string(),
+        status: reply.status,
+        message,
+        hint,
+    }
+}
+
 /// Percent-encodes a path segment or query value (labels may hold spaces or `:`).
 fn encode(value: &str) -> String {
     value
@@ -796,7 +1053,7 @@ pub fn is_transient(error: &GitHubError) -> bool {
                 || *status == 429
                 || (*status == 403 && message.to_ascii_lowercase().contains("rate limit"))
         }
-        GitHubError::BadUrl { .. } => false,
+        GitHubError::BadUrl { .. } | GitHubError::AppKey { .. } => false,
     }
 }
 
@@ -830,6 +1087,63 @@ impl GitHub {
     }
 }
 
+/// What a token is (`GET /user`) and what it may do on a repository: `agent-runner doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub login: String,
+    /// The classic token's scopes (`x-oauth-scopes`); `None` when GitHub does not say
+    /// (fine-grained tokens, GitHub App tokens).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// The token's permissions on a repository, as `GET /repos/{owner}/{repo}` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct RepoPermissions {
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub push: bool,
+    #[serde(default)]
+    pub pull: bool,
+}
+
+impl GitHub {
+    /// The token's user and, for classic tokens, its scopes.
+    pub async fn token_info(&self) -> Result<TokenInfo, GitHubError> {
+        let what = "reading the token's user (GET /user)";
+        let reply = self
+            .send(what, Method::GET, "/user", None, None, true)
+            .await?;
+        let user: RawUser = self.parse(what, &reply)?;
+        let scopes = reply.header("x-oauth-scopes").map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        });
+        Ok(TokenInfo {
+            login: user.login,
+            scopes,
+        })
+    }
+
+    /// The token's permissions on `repo`; `None` when the answer carries none.
+    pub async fn repo_permissions(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<RepoPermissions>, GitHubError> {
+        #[derive(Deserialize)]
+        struct WithPermissions {
+            permissions: Option<RepoPermissions>,
+        }
+        let what = format!("reading repository {repo}");
+        let route = format!("/repos/{}/{}", repo.owner, repo.name);
+        let answer: WithPermissions = self.json(&what, Method::GET, &route, None, true).await?;
+        Ok(answer.permissions)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,6 +1163,44 @@ mod tests {
                 "attempt {attempt}: {d:?} vs {cap:?}"
             );
         }
+    }
+
+    #[test]
+    fn app_jwt_claims_are_backdated_and_short_lived() {
+        let now = 1_700_000_000;
+        let claims = AppClaims::new(4242, now);
+        assert_eq!(claims.iss, "4242");
+        assert_eq!(claims.iat, now - 60);
+        assert!(claims.exp > now && claims.exp - now <= 600, "{claims:?}");
+        let json = serde_json::to_value(&claims).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"iat": now - 60, "exp": now + 540, "iss": "4242"})
+        );
+    }
+
+    #[test]
+    fn installation_tokens_are_renewed_five_minutes_before_expiry() {
+        let now = chrono::Utc::now();
+        assert!(!needs_renewal(now + chrono::TimeDelta::minutes(59), now));
+        assert!(!needs_renewal(now + chrono::TimeDelta::seconds(301), now));
+        assert!(needs_renewal(now + chrono::TimeDelta::seconds(299), now));
+        assert!(needs_renewal(now - chrono::TimeDelta::seconds(1), now));
+    }
+
+    #[test]
+    fn a_key_that_is_not_pem_is_a_clear_error() {
+        let credentials = Credentials::App(AppCredentials {
+            app_id: 1,
+            installation_id: 2,
+            private_key: Secret::new("not a key"),
+        });
+        let Err(err) = GitHub::with_credentials("http://127.0.0.1:1/api/v3", &credentials) else {
+            panic!("a garbage key was accepted");
+        };
+        let message = err.to_string();
+        assert!(message.contains("GITHUB_APP_PRIVATE_KEY_PATH"), "{message}");
+        assert!(!message.contains("not a key"), "{message}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
+pub mod doctor;
 pub mod edit;
 pub mod github;
 pub mod llm;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{AgentOutcome, AgentRun, Budget};
-use crate::config::{Config, ConfigError, Redactor, Secret};
+use crate::config::{Config, ConfigError, Redactor};
 use crate::dispatch::{self, RepoName, Task};
 use crate::edit::PathPolicy;
 use crate::github::{GitHub, GitHubError};
@@ -327,8 +327,10 @@ fn fresh_dir(path: &Path) -> Result<(), RunError> {
 
 /// Refuses to publish a change that adds a credential (a model can be talked into writing
 /// one); the message names where, never what.
-fn refuse_credentials(ws: &Workspace, config: &Config) -> Result<(), RunError> {
-    let findings = crate::secret_scan::scan_diff(&ws.diff()?, &config.secret_values());
+fn refuse_credentials(ws: &Workspace, config: &Config, minted: &[String]) -> Result<(), RunError> {
+    let mut secrets = config.secret_values();
+    secrets.extend(minted.iter().map(String::as_str));
+    let findings = crate::secret_scan::scan_diff(&ws.diff()?, &secrets);
     if findings.is_empty() {
         return Ok(());
     }
@@ -454,7 +456,7 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
     let publish = Instant::now();
     if !diff.is_empty() {
         if request.push {
-            refuse_credentials(&ws, config)?;
+            refuse_credentials(&ws, config, &[])?;
         }
         let first_line = format!("agent: {}", first_line(&request.instruction, 60));
         ws.commit_all(
@@ -538,11 +540,11 @@ pub async fn run_issue_with<H: IssueHooks>(
     issue_number: u64,
     hooks: &H,
 ) -> Result<IssueReport, RunError> {
-    let token = config.github_token()?.clone();
+    let credentials = config.github_credentials()?;
     let dispatch_repo = config.dispatch_repo()?;
     let rules = config.intake_rules()?;
-    let github = GitHub::new(&config.github_api_url, &token)?;
-    let redactor = config.redactor();
+    let github = GitHub::with_credentials(&config.github_api_url, &credentials)?;
+    let redactor = github.redactor(config);
     let issue = github.issue(&dispatch_repo, issue_number).await?;
 
     let task = match dispatch::check_issue(&issue, &rules) {
@@ -565,7 +567,6 @@ pub async fn run_issue_with<H: IssueHooks>(
     let run = IssueRun {
         config,
         github: &github,
-        token: &token,
         dispatch_repo: &dispatch_repo,
         task: &task,
         hooks,
@@ -583,7 +584,7 @@ impl<H: IssueHooks> IssueRun<'_, H> {
             self.hooks,
         );
         let issue_number = task.issue_number;
-        let redactor = config.redactor();
+        let redactor = github.redactor(config);
         if hooks.claim(github, task).await? {
             github
                 .comment(
@@ -633,7 +634,6 @@ impl<H: IssueHooks> IssueRun<'_, H> {
 struct IssueRun<'a, H> {
     config: &'a Config,
     github: &'a GitHub,
-    token: &'a Secret,
     dispatch_repo: &'a RepoName,
     task: &'a Task,
     hooks: &'a H,
@@ -686,11 +686,12 @@ impl<H: IssueHooks> IssueRun<'_, H> {
         self.hooks.phase(task, "cloning", None).await?;
         fresh_dir(&workdir)?;
         let ws = {
-            let (url, branch, dir, token) = (
+            // Fetched right before use: an App's token is renewed when close to expiry.
+            let token = self.github.git_token().await.map_err(RunError::from)?;
+            let (url, branch, dir) = (
                 info.clone_url.clone(),
                 info.default_branch.clone(),
                 workdir.clone(),
-                self.token.clone(),
             );
             blocking(move || Workspace::clone(&url, &branch, &dir, Some(&token))).await?
         };
@@ -737,7 +738,7 @@ impl<H: IssueHooks> IssueRun<'_, H> {
             });
         }
 
-        refuse_credentials(&ws, config)?;
+        refuse_credentials(&ws, config, &self.github.minted_tokens())?;
         let publish = Instant::now();
         let files_changed = ws.changed_files().map_err(RunError::from)?;
         let message = commit_message(
@@ -755,12 +756,9 @@ impl<H: IssueHooks> IssueRun<'_, H> {
         .map_err(RunError::from)?;
         self.hooks.phase(task, "pushing", None).await?;
         {
-            let (ws, url, branch, token) = (
-                ws,
-                info.clone_url.clone(),
-                branch.clone(),
-                self.token.clone(),
-            );
+            // The agent may have run for longer than a token lives: fetch it now.
+            let token = self.github.git_token().await.map_err(RunError::from)?;
+            let (ws, url, branch) = (ws, info.clone_url.clone(), branch.clone());
             blocking(move || ws.push(&url, &branch, Some(&token))).await?;
         }
         let report = dispatch::PrReport {
@@ -774,7 +772,7 @@ impl<H: IssueHooks> IssueRun<'_, H> {
             result: outcome.final_test().summary(),
             files_changed,
         };
-        let redactor: Redactor = config.redactor();
+        let redactor: Redactor = self.github.redactor(config);
         let body = redactor.redact(&dispatch::pr_body(task, self.dispatch_repo, &report));
         let title = redactor.redact(&dispatch::pr_title(task));
         self.hooks.phase(task, "opening_pr", None).await?;

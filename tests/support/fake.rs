@@ -93,6 +93,10 @@ pub(super) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 
 pub(super) struct State {
     pub token: String,
+    /// Set by [`FakeGitHub::enable_app`].
+    pub app: Option<FakeApp>,
+    /// Installation tokens minted so far; accepted like `token`.
+    pub app_tokens: Vec<String>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub repos: Vec<Repo>,
@@ -106,6 +110,16 @@ pub(super) struct State {
     pub requests: Vec<RecordedRequest>,
     pub failures: Vec<Failure>,
     pub hook: Option<RequestHook>,
+    /// `x-oauth-scopes` of `GET /user` (a classic token's scopes); `None`: no header, as
+    /// for fine-grained tokens.
+    pub token_scopes: Option<String>,
+}
+
+/// A GitHub App installed once: `(app id, installation id, public key PEM)`.
+pub(super) struct FakeApp {
+    app_id: u64,
+    installation_id: u64,
+    public_key_pem: String,
 }
 
 pub(super) struct Failure {
@@ -259,6 +273,8 @@ impl FakeGitHub {
         let base = format!("http://{}", listener.local_addr().expect("local_addr"));
         let state = Arc::new(Mutex::new(State {
             token: token.to_string(),
+            app: None,
+            app_tokens: Vec::new(),
             base: base.clone(),
             repos: Vec::new(),
             users: HashMap::new(),
@@ -269,6 +285,7 @@ impl FakeGitHub {
             requests: Vec::new(),
             failures: Vec::new(),
             hook: None,
+            token_scopes: Some("repo".to_string()),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
@@ -295,6 +312,22 @@ impl FakeGitHub {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Installs a GitHub App: `POST /app/installations/{installation_id}/access_tokens` with
+    /// a JWT that `public_key_pem` verifies (RS256, `iss` = `app_id`, not expired, at most
+    /// 10 minutes long) mints a token that is then accepted for the API and git.
+    pub fn enable_app(&self, app_id: u64, installation_id: u64, public_key_pem: &str) {
+        self.lock().app = Some(FakeApp {
+            app_id,
+            installation_id,
+            public_key_pem: public_key_pem.to_string(),
+        });
+    }
+
+    /// Installation tokens minted so far, oldest first.
+    pub fn app_tokens(&self) -> Vec<String> {
+        self.lock().app_tokens.clone()
     }
 
     /// What the program gets as `GITHUB_API_URL`, e.g. `http://127.0.0.1:PORT/api/v3`.
@@ -494,6 +527,12 @@ impl FakeGitHub {
         self.lock().hook = Some(Arc::new(hook));
     }
 
+    /// Sets the scopes `GET /user` reports in `x-oauth-scopes` (default `"repo"`), e.g.
+    /// `Some("repo, admin:org")`; `None` sends no header (a fine-grained token).
+    pub fn set_token_scopes(&self, scopes: Option<&str>) {
+        self.lock().token_scopes = scopes.map(str::to_string);
+    }
+
     /// Stops the server (dropping does the same).
     pub fn shutdown(self) {}
 
@@ -586,7 +625,12 @@ async fn handle(
         return response;
     }
 
-    let (ok, failure) = authorize(&shared, req.headers(), &method, &path);
+    let app_reply = app_token_reply(&shared, req.headers(), &method, &path);
+    let (ok, failure) = match app_reply {
+        // Authenticated by the JWT, checked there.
+        Some(_) => (true, None),
+        None => authorize(&shared, req.headers(), &method, &path),
+    };
 
     let (response, body_text) = if !ok && is_git {
         let response = Response::builder()
@@ -610,7 +654,11 @@ async fn handle(
             body: &body,
             if_none_match: if_none_match.as_deref(),
         };
-        (api_response(&shared, &api, ok, failure), text)
+        let response = match app_reply {
+            Some(reply) => rest::finish(&mut lock(&shared), reply, &api, false),
+            None => api_response(&shared, &api, ok, failure),
+        };
+        (response, text)
     };
 
     let recorded = head(response.status().as_u16(), body_text);
@@ -629,13 +677,74 @@ fn authorize(
     path: &str,
 ) -> (bool, Option<Failure>) {
     let mut st = lock(shared);
-    let ok = authorized(headers, &st.token);
+    let ok = authorized(headers, &st.token) || st.app_tokens.iter().any(|t| authorized(headers, t));
     let failure = if ok {
         st.take_failure(method, path)
     } else {
         None
     };
     (ok, failure)
+}
+
+/// `POST /app/installations/{id}/access_tokens` when an App is enabled: 201 with a new
+/// token for a valid JWT, 401 (GitHub's message) otherwise. `None`: not this route.
+fn app_token_reply(
+    shared: &Shared,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+) -> Option<rest::Reply> {
+    use octocrab::jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iat: i64,
+        exp: i64,
+        iss: String,
+    }
+    let mut st = lock(shared);
+    let app = st.app.as_ref()?;
+    let installation = path
+        .strip_prefix("/app/installations/")?
+        .strip_suffix("/access_tokens")?;
+    if method != "POST" {
+        return None;
+    }
+    let jwt = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let key = DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes()).expect("public key PEM");
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    let now = Utc::now().timestamp();
+    let valid = decode::<Claims>(jwt, &key, &validation).is_ok_and(|data| {
+        let c = data.claims;
+        c.iss == app.app_id.to_string()
+            && c.iat <= now
+            && c.exp - c.iat <= 600
+            && c.exp - now <= 600
+    });
+    if !valid {
+        return Some(rest::error(401, "A JSON web token could not be decoded"));
+    }
+    if installation != app.installation_id.to_string() {
+        return Some(rest::error(404, "Not Found"));
+    }
+    let token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
+    st.app_tokens.push(token.clone());
+    let expires_at = (Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    Some(rest::Reply {
+        status: 201,
+        body: Some(serde_json::json!({
+            "token": token,
+            "expires_at": expires_at,
+            "permissions": {"contents": "write", "issues": "write", "pull_requests": "write"},
+            "repository_selection": "all",
+        })),
+        headers: Vec::new(),
+    })
 }
 
 fn api_response(

@@ -90,7 +90,13 @@ pub(super) fn route(st: &mut State, req: &ApiRequest) -> Reply {
 
     match (req.method, segments.as_slice()) {
         ("GET", ["rate_limit"]) => rate_limit(st),
-        ("GET", ["user"]) => reply(200, json::user_profile(st, VIEWER_LOGIN)),
+        ("GET", ["user"]) => {
+            let mut r = reply(200, json::user_profile(st, VIEWER_LOGIN));
+            if let Some(scopes) = &st.token_scopes {
+                r.headers.push(("x-oauth-scopes".into(), scopes.clone()));
+            }
+            r
+        }
         (method, ["repos", owner, name, rest @ ..]) => {
             let Some(ri) = st.repo_index(owner, name) else {
                 return not_found();
