@@ -709,6 +709,59 @@ mod tests {
     }
 
     #[test]
+    fn github_app_is_all_or_nothing_and_wins_over_a_token() {
+        let half = Config::load(None, &env_of(&[("GITHUB_APP_ID", "12")])).unwrap();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("GITHUB_APP_INSTALLATION_ID") && err.contains("GITHUB_APP_PRIVATE_KEY"),
+            "{err}"
+        );
+        assert!(half.github_credentials().is_err());
+        let err = Config::load(None, &env_of(&[("GITHUB_APP_ID", "my-app")])).unwrap_err();
+        assert!(err.to_string().contains("GITHUB_APP_ID"), "{err}");
+
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        let both = Config::load(
+            None,
+            &env_of(&[
+                ("GITHUB_TOKEN", "ghp_secretvalue"),
+                ("GITHUB_APP_ID", "12"),
+                ("GITHUB_APP_INSTALLATION_ID", "34"),
+                ("GITHUB_APP_PRIVATE_KEY", pem),
+            ]),
+        )
+        .unwrap();
+        both.validate().unwrap();
+        match both.github_credentials().unwrap() {
+            Credentials::App(app) => {
+                assert_eq!((app.app_id, app.installation_id), (12, 34));
+                assert_eq!(app.private_key.expose(), pem);
+            }
+            Credentials::Token(_) => panic!("the token won over the App"),
+        }
+        assert!(!format!("{both:?}").contains("AAAA"));
+        assert_eq!(both.redactor().redact(pem), "***");
+
+        let missing_file = Config::load(
+            None,
+            &env_of(&[
+                ("GITHUB_APP_ID", "12"),
+                ("GITHUB_APP_INSTALLATION_ID", "34"),
+                ("GITHUB_APP_PRIVATE_KEY_PATH", "/nonexistent/app.pem"),
+            ]),
+        )
+        .unwrap();
+        let err = missing_file.github_credentials().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/app.pem"), "{err}");
+
+        let token_only = Config::load(None, &env_of(&[("GITHUB_TOKEN", "ghp_x123456")])).unwrap();
+        assert!(matches!(
+            token_only.github_credentials().unwrap(),
+            Credentials::Token(t) if t.expose() == "ghp_x123456"
+        ));
+    }
+
+    #[test]
     fn secrets_never_print() {
         let config = Config::load(
             None,

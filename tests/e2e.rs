@@ -295,6 +295,196 @@ async fn run_issue_opens_one_correlated_pull_request_and_reruns_update_it() {
     world.assert_no_secret_leaked(&[&first, &second]);
 }
 
+/// An RSA key pair made by the `openssl` CLI in `dir`: (private key PEM path in GitHub's
+/// PKCS#1 form, public key PEM).
+fn rsa_key_pair(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("the openssl CLI is needed to make a test key");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
+    openssl(&["genrsa", "-traditional", "-out", private_s, "2048"]);
+    openssl(&["rsa", "-in", private_s, "-pubout", "-out", public_s]);
+    (private.clone(), std::fs::read_to_string(&public).unwrap())
+}
+
+const APP_ID: &str = "4242";
+const INSTALLATION_ID: &str = "77";
+
+/// The environment of a runner with App credentials and no token (an empty value is unset).
+fn app_env(private_key: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("GITHUB_TOKEN", String::new()),
+        ("GITHUB_APP_ID", APP_ID.into()),
+        ("GITHUB_APP_INSTALLATION_ID", INSTALLATION_ID.into()),
+        (
+            "GITHUB_APP_PRIVATE_KEY_PATH",
+            private_key.display().to_string(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_issue_works_with_github_app_auth_only() {
+    let world = World::new().await;
+    let (private, public) = rsa_key_pair(&world.tmp.path().join("keys"), "app");
+    world.gh.enable_app(
+        APP_ID.parse().unwrap(),
+        INSTALLATION_ID.parse().unwrap(),
+        &public,
+    );
+    let issue = world.dispatch_issue(&dispatch_body(
+        Some("acme/calculator#1"),
+        "Fix add(): it subtracts.",
+    ));
+    let env = app_env(&private);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = world.run_issue(issue, "fix", &[], &env).await;
+    assert_exit(&output, 0);
+
+    let pulls = world.gh.pulls(TARGET);
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0].head, format!("agent-task-{issue}"));
+    let files = branch_files(&world.target_bare, &pulls[0].head).unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|(p, c)| p == "calc.py" && c.contains("return a + b"))
+    );
+    let minted = world.gh.app_tokens();
+    assert!(!minted.is_empty(), "no installation token was minted");
+    assert!(world.gh.requests().iter().any(|r| r.path
+        == format!("/app/installations/{INSTALLATION_ID}/access_tokens")
+        && r.status == 201));
+
+    // The minted token (and the key) go nowhere: output, comments, PR, commits, git config.
+    world.assert_no_secret_leaked(&[&output]);
+    let key = std::fs::read_to_string(&private).unwrap();
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    let mut texts = vec![
+        text(&output.stdout),
+        text(&output.stderr),
+        pulls[0].body.clone(),
+    ];
+    texts.extend(world.gh.comments(DISPATCH, issue));
+    texts.push(branch_commit_message(&world.target_bare, &pulls[0].head).unwrap_or_default());
+    texts.push(
+        std::fs::read_to_string(
+            world
+                .state_dir()
+                .join("work")
+                .join(TASK_ID)
+                .join(".git/config"),
+        )
+        .unwrap_or_default(),
+    );
+    for text in &texts {
+        for token in &minted {
+            assert!(
+                !text.contains(token.as_str()),
+                "the installation token leaked: {text}"
+            );
+        }
+        assert!(!text.contains(&key_body), "the App's key leaked: {text}");
+    }
+}
+
+/// The daemon's long-lived client: a token close to expiry is replaced before a call, so
+/// calls keep working after the first token has expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_app_client_renews_its_token_before_it_expires() {
+    let world = World::new().await;
+    let (private, public) = rsa_key_pair(&world.tmp.path().join("keys"), "app");
+    world.gh.enable_app(
+        APP_ID.parse().unwrap(),
+        INSTALLATION_ID.parse().unwrap(),
+        &public,
+    );
+    // Shorter than the 5-minute renewal margin: every call finds its token too old.
+    world
+        .gh
+        .set_app_token_lifetime(std::time::Duration::from_secs(2));
+    let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));
+    let credentials =
+        agent_runner::github::Credentials::App(agent_runner::github::AppCredentials {
+            app_id: APP_ID.parse().unwrap(),
+            installation_id: INSTALLATION_ID.parse().unwrap(),
+            private_key: agent_runner::config::Secret::new(
+                std::fs::read_to_string(&private).unwrap(),
+            ),
+        });
+    let github =
+        agent_runner::github::GitHub::with_credentials(&world.gh.api_url(), &credentials).unwrap();
+    let repo = agent_runner::dispatch::RepoName::parse(DISPATCH).unwrap();
+    github.issue(&repo, issue).await.unwrap();
+    let first = github.git_token().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    github.issue(&repo, issue).await.unwrap();
+    let now = github.git_token().await.unwrap();
+    assert_ne!(first.expose(), now.expose());
+    assert!(
+        world.gh.app_tokens().len() >= 3,
+        "{:?}",
+        world.gh.app_tokens().len()
+    );
+    assert!(
+        github
+            .minted_tokens()
+            .iter()
+            .any(|t| t.as_str() == first.expose())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_github_app_key_is_a_clear_error() {
+    let world = World::new().await;
+    let keys = world.tmp.path().join("keys");
+    let (_, public) = rsa_key_pair(&keys, "app");
+    let (wrong, _) = rsa_key_pair(&keys, "other");
+    world.gh.enable_app(
+        APP_ID.parse().unwrap(),
+        INSTALLATION_ID.parse().unwrap(),
+        &public,
+    );
+    let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));
+    let env = app_env(&wrong);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = world.run_issue(issue, "fix", &[], &env).await;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("minting an installation token for GitHub App 4242")
+            && stderr.contains("401")
+            && stderr.contains("GITHUB_APP_PRIVATE_KEY_PATH"),
+        "{stderr}"
+    );
+    assert!(world.gh.app_tokens().is_empty());
+    assert!(world.gh.pulls(TARGET).is_empty());
+
+    // Half an App configuration is refused before anything is sent.
+    let before = world.gh.requests().len();
+    let half = [("GITHUB_TOKEN", ""), ("GITHUB_APP_ID", APP_ID)];
+    let output = world.run_issue(issue, "fix", &[], &half).await;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("GITHUB_APP_INSTALLATION_ID")
+            && stderr.contains("GITHUB_APP_PRIVATE_KEY_PATH"),
+        "{stderr}"
+    );
+    assert_eq!(world.gh.requests().len(), before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_never_gets_green_fails_cleanly_without_a_pull_request() {
     let world = World::new().await;

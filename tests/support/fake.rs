@@ -97,6 +97,8 @@ pub(super) struct State {
     pub app: Option<FakeApp>,
     /// Installation tokens minted so far; accepted like `token`.
     pub app_tokens: Vec<String>,
+    /// Expiry of each of `app_tokens`: an expired one is refused, as GitHub does.
+    pub app_token_expiry: HashMap<String, DateTime<Utc>>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub repos: Vec<Repo>,
@@ -113,10 +115,13 @@ pub(super) struct State {
     /// `x-oauth-scopes` of `GET /user` (a classic token's scopes); `None`: no header, as
     /// for fine-grained tokens.
     pub token_scopes: Option<String>,
+    /// `permissions` of every `GET /repos/{owner}/{repo}` answer; `None`: write access.
+    pub repo_permissions: Option<serde_json::Value>,
 }
 
 /// A GitHub App installed once: `(app id, installation id, public key PEM)`.
 pub(super) struct FakeApp {
+    token_lifetime: chrono::TimeDelta,
     app_id: u64,
     installation_id: u64,
     public_key_pem: String,
@@ -275,6 +280,7 @@ impl FakeGitHub {
             token: token.to_string(),
             app: None,
             app_tokens: Vec::new(),
+            app_token_expiry: HashMap::new(),
             base: base.clone(),
             repos: Vec::new(),
             users: HashMap::new(),
@@ -286,6 +292,7 @@ impl FakeGitHub {
             failures: Vec::new(),
             hook: None,
             token_scopes: Some("repo".to_string()),
+            repo_permissions: None,
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
@@ -319,10 +326,18 @@ impl FakeGitHub {
     /// 10 minutes long) mints a token that is then accepted for the API and git.
     pub fn enable_app(&self, app_id: u64, installation_id: u64, public_key_pem: &str) {
         self.lock().app = Some(FakeApp {
+            token_lifetime: chrono::TimeDelta::hours(1),
             app_id,
             installation_id,
             public_key_pem: public_key_pem.to_string(),
         });
+    }
+
+    /// How long tokens minted from now on live (GitHub: one hour).
+    pub fn set_app_token_lifetime(&self, lifetime: std::time::Duration) {
+        if let Some(app) = self.lock().app.as_mut() {
+            app.token_lifetime = chrono::TimeDelta::from_std(lifetime).expect("lifetime");
+        }
     }
 
     /// Installation tokens minted so far, oldest first.
@@ -533,6 +548,14 @@ impl FakeGitHub {
         self.lock().token_scopes = scopes.map(str::to_string);
     }
 
+    /// Sets the `permissions` the repository answers report for the token (default: push,
+    /// triage and pull, no admin).
+    pub fn set_repo_permissions(&self, admin: bool, push: bool) {
+        self.lock().repo_permissions = Some(serde_json::json!({
+            "admin": admin, "maintain": admin, "push": push, "triage": push, "pull": true,
+        }));
+    }
+
     /// Stops the server (dropping does the same).
     pub fn shutdown(self) {}
 
@@ -677,7 +700,11 @@ fn authorize(
     path: &str,
 ) -> (bool, Option<Failure>) {
     let mut st = lock(shared);
-    let ok = authorized(headers, &st.token) || st.app_tokens.iter().any(|t| authorized(headers, t));
+    let now = Utc::now();
+    let ok = authorized(headers, &st.token)
+        || st.app_tokens.iter().any(|t| {
+            authorized(headers, t) && st.app_token_expiry.get(t).is_some_and(|e| *e > now)
+        });
     let failure = if ok {
         st.take_failure(method, path)
     } else {
@@ -733,8 +760,10 @@ fn app_token_reply(
         return Some(rest::error(404, "Not Found"));
     }
     let token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
+    let expires = Utc::now() + app.token_lifetime;
     st.app_tokens.push(token.clone());
-    let expires_at = (Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    st.app_token_expiry.insert(token.clone(), expires);
+    let expires_at = expires.to_rfc3339();
     Some(rest::Reply {
         status: 201,
         body: Some(serde_json::json!({

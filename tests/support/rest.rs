@@ -103,7 +103,13 @@ pub(super) fn route(st: &mut State, req: &ApiRequest) -> Reply {
             };
             let number = rest.get(1).and_then(|n| n.parse::<u64>().ok());
             match (method, rest, number) {
-                ("GET", [], _) => reply(200, json::repo(st, &st.repos[ri])),
+                ("GET", [], _) => {
+                    let mut repo = json::repo(st, &st.repos[ri]);
+                    if let Some(permissions) = &st.repo_permissions {
+                        repo["permissions"] = permissions.clone();
+                    }
+                    reply(200, repo)
+                }
                 ("GET", ["issues"], _) => list_issues(st, ri, req, &query),
                 ("POST", ["issues"], _) => create_issue(st, ri, &body),
                 ("GET", ["issues", _], Some(n)) => get_issue(st, ri, n),
