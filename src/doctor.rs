@@ -485,7 +485,7 @@ async fn llm_check(config: &Config) -> Check {
         Err(e) => {
             return Check::fail(
                 NAME,
-                format!("cannot reach {url}: {}", error_chain(&e)),
+                format!("cannot reach {url}: {}", crate::sandbox::error_chain(&e)),
                 "start the model server, or set LLM_BASE_URL to its OpenAI-compatible API root (e.g. http://localhost:11434/v1 for Ollama, http://localhost:8000/v1 for vLLM).",
             );
         }
@@ -532,20 +532,6 @@ async fn llm_check(config: &Config) -> Check {
             "set LLM_MODEL to a served model id, or load the model into the server (e.g. `ollama pull MODEL`).",
         )
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let msg = src.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = src.source();
-    }
-    s
 }
 
 fn journal_check(dir: &Path) -> Check {

@@ -177,7 +177,7 @@ pub async fn connect_to(at: &str) -> Result<bollard::Docker, SandboxError> {
 }
 
 /// `e` followed by its sources (hyper's errors hide the useful part in the chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
