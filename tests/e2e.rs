@@ -321,6 +321,19 @@ fn rsa_key_pair(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
 const APP_ID: &str = "4242";
 const INSTALLATION_ID: &str = "77";
 
+impl World {
+    /// Registers the test App with the fake; returns the path of its private key.
+    fn enable_app(&self) -> PathBuf {
+        let (private, public) = rsa_key_pair(&self.tmp.path().join("keys"), "app");
+        self.gh.enable_app(
+            APP_ID.parse().unwrap(),
+            INSTALLATION_ID.parse().unwrap(),
+            &public,
+        );
+        private
+    }
+}
+
 /// The environment of a runner with App credentials and no token (an empty value is unset).
 fn app_env(private_key: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![
@@ -337,12 +350,7 @@ fn app_env(private_key: &std::path::Path) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_issue_works_with_github_app_auth_only() {
     let world = World::new().await;
-    let (private, public) = rsa_key_pair(&world.tmp.path().join("keys"), "app");
-    world.gh.enable_app(
-        APP_ID.parse().unwrap(),
-        INSTALLATION_ID.parse().unwrap(),
-        &public,
-    );
+    let private = world.enable_app();
     let issue = world.dispatch_issue(&dispatch_body(
         Some("acme/calculator#1"),
         "Fix add(): it subtracts.",
@@ -404,12 +412,7 @@ async fn run_issue_works_with_github_app_auth_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_github_app_client_renews_its_token_before_it_expires() {
     let world = World::new().await;
-    let (private, public) = rsa_key_pair(&world.tmp.path().join("keys"), "app");
-    world.gh.enable_app(
-        APP_ID.parse().unwrap(),
-        INSTALLATION_ID.parse().unwrap(),
-        &public,
-    );
+    let private = world.enable_app();
     // Shorter than the 5-minute renewal margin: every call finds its token too old.
     world
         .gh
@@ -449,13 +452,8 @@ async fn a_github_app_client_renews_its_token_before_it_expires() {
 async fn a_wrong_github_app_key_is_a_clear_error() {
     let world = World::new().await;
     let keys = world.tmp.path().join("keys");
-    let (_, public) = rsa_key_pair(&keys, "app");
+    world.enable_app();
     let (wrong, _) = rsa_key_pair(&keys, "other");
-    world.gh.enable_app(
-        APP_ID.parse().unwrap(),
-        INSTALLATION_ID.parse().unwrap(),
-        &public,
-    );
     let issue = world.dispatch_issue(&dispatch_body(Some("acme/calculator#1"), "Fix add()."));
     let env = app_env(&wrong);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
