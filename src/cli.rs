@@ -58,6 +58,9 @@ pub enum Command {
     /// Measure against a baseline taken in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Compare models on a suite of tasks: resolved (hidden tests pass), well-formed edits,
+    /// feedback rounds, tokens, time and stop reasons, as Markdown, JSON and an SVG chart.
+    Eval(EvalArgs),
     /// Show a task's transcript for a person: turns, edits, test results, stop reason.
     /// Check what a deployment needs (Docker, sandbox image, GitHub token and dispatch
     /// repository, model server, journal directory), each problem with its fix: exit 0 when
@@ -78,6 +81,37 @@ pub enum BenchCommand {
     Patch(crate::bench::patch::PatchBenchArgs),
     /// Sandbox start and exec latency against raw `docker run` and `docker exec`.
     Sandbox(crate::bench::sandbox::SandboxBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The suite: one folder per task with task.toml (instruction, test_cmd,
+    /// hidden_test_cmd), repo/ (what the model sees) and hidden/ (the tests that decide).
+    #[arg(long)]
+    pub suite: PathBuf,
+    /// A model to evaluate; repeat for several. `replay:<dir>` replays <dir>/<task>.jsonl;
+    /// `openai:<model>[@<base_url>]` is any OpenAI-compatible server (default base URL:
+    /// LLM_BASE_URL). Options follow with commas: `,name=<name>` (its name in the report;
+    /// default: the spec), and for openai `,temperature=<t>`, `,max_output_tokens=<n>`,
+    /// `,timeout=<secs>`, `,key_env=<VAR>` (the API key's variable; default LLM_API_KEY).
+    /// E.g. `openai:qwen2.5-coder:7b@http://localhost:11434/v1,temperature=0.2,name=qwen`.
+    #[arg(long = "model", value_name = "SPEC", required_unless_present = "check")]
+    pub models: Vec<String>,
+    /// Runs per model and task.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Runs at a time, each in its own sandbox.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Where results.json, report.md, chart.svg, transcripts and work trees go
+    /// (default: <state dir>/eval/<time>). An openai model's replies are recorded under
+    /// recorded/<model>/, which `--model replay:<that dir>` replays.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Check the suite instead: every task's visible and hidden tests must fail on its
+    /// unmodified repo (exit 1 if one passes).
+    #[arg(long, conflicts_with_all = ["models", "repeat", "out"])]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,7 +256,8 @@ pub enum DispatchCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
-    /// Build the default sandbox image from Debian packages (no registry needed).
+    /// Build the default sandbox image from Debian packages (no registry needed); its base
+    /// image is also tagged agent-runner-base:latest, the runner image's starting point.
     Build,
 }
 
@@ -286,6 +321,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Sandbox(args)) => {
             bench(crate::bench::sandbox::run(args).await)
         }
+        Command::Eval(args) => eval(&config, args).await,
         Command::Transcript { task_id, raw } => transcript(&config, &task_id, raw),
         Command::Doctor(_) => doctor(&config).await,
     };
@@ -516,6 +552,82 @@ async fn dispatch_create(config: &Config, args: DispatchArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+async fn eval(config: &Config, args: EvalArgs) -> Result<ExitCode, Failure> {
+    // Ctrl-C/SIGTERM stop the runs after removing their sandboxes.
+    crate::sandbox::stop_tasks_on_signals();
+    let failure = |e: crate::eval::EvalError| {
+        if e.is_usage() {
+            Failure::usage(e)
+        } else {
+            Failure::task(e)
+        }
+    };
+    if args.check {
+        let checks = crate::eval::check_suite(config, &args.suite, args.jobs)
+            .await
+            .map_err(failure)?;
+        for c in &checks {
+            println!(
+                "{} {}: visible tests {} ({}), hidden tests {} ({})",
+                if c.sound() { "ok  " } else { "FAIL" },
+                c.task,
+                if c.visible.passed() { "PASS" } else { "fail" },
+                c.visible.summary(),
+                if c.hidden.passed() { "PASS" } else { "fail" },
+                c.hidden.summary(),
+            );
+        }
+        let unsound = checks.iter().filter(|c| !c.sound()).count();
+        if unsound > 0 {
+            eprintln!(
+                "{unsound} of {} tasks pass a test command without any change: such a task measures nothing",
+                checks.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        println!("all {} tasks fail before any change", checks.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let models = args
+        .models
+        .iter()
+        .map(|spec| crate::eval::ModelSpec::parse(spec))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| crate::eval::default_out_dir(config));
+    let request = crate::eval::EvalRequest {
+        suite: args.suite,
+        models,
+        repeat: args.repeat,
+        jobs: args.jobs,
+        out,
+    };
+    let report = crate::eval::run(config, request, &|line: &str| eprintln!("{line}"))
+        .await
+        .map_err(failure)?;
+    let results = &report.results;
+    let summaries: Vec<_> = results.models.iter().map(|m| m.summary.clone()).collect();
+    println!("{}", crate::eval::report::markdown_table(&summaries));
+    println!(
+        "{}",
+        crate::eval::report::task_matrix(&results.tasks, &results.models)
+    );
+    println!("took {:.1} s", results.wall_secs);
+    println!("  results: {}", report.results_json.display());
+    println!("  report:  {}", report.report_md.display());
+    println!("  chart:   {}", report.chart_svg.display());
+    let errors = report.errors();
+    if errors > 0 {
+        eprintln!(
+            "{errors} runs failed outside the agent loop (see report.md); their numbers say nothing about the model"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn transcript(config: &Config, task_id: &str, raw: bool) -> Result<ExitCode, Failure> {
     let as_file = std::path::Path::new(task_id);
     let path = if task_id.ends_with(".jsonl") && as_file.is_file() {
@@ -670,6 +782,15 @@ async fn sandbox_build() -> Result<ExitCode, Failure> {
     let tag = crate::sandbox::ensure_default_image(&docker, &mut |line: &str| eprintln!("{line}"))
         .await
         .map_err(Failure::task)?;
+    // The runner's own image (top-level `Dockerfile`) starts from the base image by a
+    // stable name, so a deployment need not know the recipe hash.
+    let base = crate::sandbox::tag_base_image_latest(&docker)
+        .await
+        .map_err(Failure::task)?;
+    eprintln!(
+        "base image {base} is also tagged {} (the runner image's BASE_IMAGE)",
+        crate::sandbox::BASE_IMAGE_LATEST
+    );
     println!("{tag}");
     Ok(ExitCode::SUCCESS)
 }

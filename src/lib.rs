@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dispatch;
 pub mod doctor;
 pub mod edit;
+pub mod eval;
 pub mod github;
 pub mod llm;
 pub mod logging;

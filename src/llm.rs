@@ -24,33 +24,80 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// The result of a native tool call, answering the assistant message that asked for it.
+    Tool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// Native tool calls the assistant asked for (assistant messages only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Which call a `Role::Tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
-    pub fn system(content: impl Into<String>) -> Message {
+    fn new(role: Role, content: impl Into<String>) -> Message {
         Message {
-            role: Role::System,
+            role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
+    }
+    pub fn system(content: impl Into<String>) -> Message {
+        Message::new(Role::System, content)
     }
     pub fn user(content: impl Into<String>) -> Message {
-        Message {
-            role: Role::User,
-            content: content.into(),
-        }
+        Message::new(Role::User, content)
     }
     pub fn assistant(content: impl Into<String>) -> Message {
+        Message::new(Role::Assistant, content)
+    }
+    /// An assistant turn that asked for native tool calls.
+    pub fn assistant_with_tools(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Message {
         Message {
-            role: Role::Assistant,
-            content: content.into(),
+            tool_calls,
+            ..Message::new(Role::Assistant, content)
         }
     }
+    /// The answer to one native tool call.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            tool_call_id: Some(tool_call_id.into()),
+            ..Message::new(Role::Tool, content)
+        }
+    }
+}
+
+/// A native (OpenAI-style function) tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them: JSON text, not yet validated.
+    pub arguments: String,
+}
+
+/// A tool offered to the model: a name, what it does, and a JSON Schema of its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// What a preflight probe learned about a model; `None` is "could not tell".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Whether the server returns native tool calls when offered tools.
+    pub native_tools: Option<bool>,
+    /// The context window in tokens, prompt and completion together.
+    pub context_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +110,8 @@ pub struct Usage {
 pub struct Completion {
     pub content: String,
     pub usage: Usage,
+    /// Native tool calls in the reply (only when tools were offered).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +143,16 @@ pub enum LlmError {
 pub trait ChatModel: Send + Sync {
     /// What the model is, for summaries and transcripts (never holds a key).
     fn describe(&self) -> String;
+    /// One chat completion. `tools` is empty unless the agent uses native tool calls.
     fn complete<'a>(
         &'a self,
         messages: &'a [Message],
+        tools: &'a [ToolSpec],
     ) -> BoxFuture<'a, Result<Completion, LlmError>>;
+    /// The preflight probe: what the model can do, asked once before a task starts.
+    fn probe(&self) -> BoxFuture<'_, Capabilities> {
+        Box::pin(std::future::ready(Capabilities::default()))
+    }
 }
 
 /// Builds the model the configuration names, wrapped in a recorder when asked.
@@ -194,7 +249,11 @@ impl OpenAiModel {
                 completion_tokens: u64::from(u.completion_tokens),
             })
             .unwrap_or_else(|| estimate_usage(messages, &content));
-        Ok(Completion { content, usage })
+        Ok(Completion {
+            content,
+            usage,
+            tool_calls: Vec::new(),
+        })
     }
 }
 
@@ -214,6 +273,11 @@ fn to_openai_message(
             .content(m.content.as_str())
             .build()?
             .into(),
+        // Native tool calls are not sent yet: a tool result goes back as user text.
+        Role::Tool => ChatCompletionRequestUserMessageArgs::default()
+            .content(m.content.as_str())
+            .build()?
+            .into(),
     })
 }
 
@@ -224,6 +288,7 @@ impl ChatModel for OpenAiModel {
     fn complete<'a>(
         &'a self,
         messages: &'a [Message],
+        _tools: &'a [ToolSpec],
     ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(self.call(messages))
     }
@@ -246,12 +311,16 @@ pub struct TranscriptEntry {
     pub reply: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Answers from a JSONL transcript, one line per reply, in order.
 pub struct ReplayModel {
     path: PathBuf,
     count: usize,
+    /// A transcript recorded with native tool calls replays as a model that makes them.
+    native_tools: bool,
     replies: Mutex<VecDeque<TranscriptEntry>>,
 }
 
@@ -276,6 +345,7 @@ impl ReplayModel {
         Ok(ReplayModel {
             path: path.to_path_buf(),
             count: replies.len(),
+            native_tools: replies.iter().any(|r| !r.tool_calls.is_empty()),
             replies: Mutex::new(replies),
         })
     }
@@ -296,6 +366,7 @@ impl ReplayModel {
         Ok(Completion {
             content: entry.reply,
             usage,
+            tool_calls: entry.tool_calls,
         })
     }
 }
@@ -307,8 +378,15 @@ impl ChatModel for ReplayModel {
     fn complete<'a>(
         &'a self,
         messages: &'a [Message],
+        _tools: &'a [ToolSpec],
     ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(std::future::ready(self.next(messages)))
+    }
+    fn probe(&self) -> BoxFuture<'_, Capabilities> {
+        Box::pin(std::future::ready(Capabilities {
+            native_tools: Some(self.native_tools),
+            context_tokens: None,
+        }))
     }
 }
 
@@ -363,16 +441,21 @@ impl ChatModel for Recorder {
     fn complete<'a>(
         &'a self,
         messages: &'a [Message],
+        tools: &'a [ToolSpec],
     ) -> BoxFuture<'a, Result<Completion, LlmError>> {
         Box::pin(async move {
-            let completion = self.inner.complete(messages).await?;
+            let completion = self.inner.complete(messages, tools).await?;
             self.write(&TranscriptEntry {
                 messages: messages.to_vec(),
                 reply: completion.content.clone(),
                 usage: Some(completion.usage.clone()),
+                tool_calls: completion.tool_calls.clone(),
             })?;
             Ok(completion)
         })
+    }
+    fn probe(&self) -> BoxFuture<'_, Capabilities> {
+        self.inner.probe()
     }
 }
 
@@ -391,17 +474,17 @@ mod tests {
         .unwrap();
         let model = ReplayModel::load(&path).unwrap();
         let asked = [Message::user("12345678")];
-        let first = model.complete(&asked).await.unwrap();
+        let first = model.complete(&asked, &[]).await.unwrap();
         assert_eq!(
             (first.content.as_str(), first.usage.prompt_tokens),
             ("one", 10)
         );
-        let second = model.complete(&asked).await.unwrap();
+        let second = model.complete(&asked, &[]).await.unwrap();
         assert_eq!(
             (second.content.as_str(), second.usage.prompt_tokens),
             ("two", 2)
         );
-        let err = model.complete(&asked).await.unwrap_err();
+        let err = model.complete(&asked, &[]).await.unwrap_err();
         assert!(err.to_string().contains("no reply left"), "{err}");
     }
 
@@ -422,9 +505,12 @@ mod tests {
         let recorded = dir.path().join("rec/out.jsonl");
         let recorder =
             Recorder::create(Box::new(ReplayModel::load(&source).unwrap()), &recorded).unwrap();
-        recorder.complete(&[Message::user("hi")]).await.unwrap();
+        recorder
+            .complete(&[Message::user("hi")], &[])
+            .await
+            .unwrap();
         let replay = ReplayModel::load(&recorded).unwrap();
-        assert_eq!(replay.complete(&[]).await.unwrap().content, "hello");
+        assert_eq!(replay.complete(&[], &[]).await.unwrap().content, "hello");
         let line = std::fs::read_to_string(&recorded).unwrap();
         assert!(line.contains("\"role\":\"user\""), "{line}");
     }

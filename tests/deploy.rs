@@ -230,3 +230,150 @@ fn serialised_config_holds_no_secret() {
     assert!(!text.contains("verysecretvalue"), "{text}");
     assert!(text.contains("\"github_token\":\"***\""), "{text}");
 }
+
+fn compose_service() -> Yaml {
+    let text = std::fs::read_to_string(root().join("docker-compose.agent-runner.yml")).unwrap();
+    let mut docs = YamlLoader::load_from_str(&text).unwrap();
+    assert_eq!(docs.len(), 1);
+    let doc = docs.remove(0);
+    assert!(
+        !doc["volumes"]["agent-runner-state"].is_badvalue(),
+        "the state volume is declared"
+    );
+    doc["services"]["agent-runner"].clone()
+}
+
+/// `NAME=value` entries of the compose service's `environment:`.
+fn compose_environment(service: &Yaml) -> Vec<(String, String)> {
+    service["environment"]
+        .as_vec()
+        .expect("environment is a list of NAME=value")
+        .iter()
+        .map(|e| {
+            let (k, v) = e.as_str().unwrap().split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn compose_file_speaks_the_setup_guides_names_and_only_names_the_runner_reads() {
+    let service = compose_service();
+    let env: std::collections::BTreeMap<String, String> =
+        compose_environment(&service).into_iter().collect();
+    // The setup guide's Docker Compose example maps these names.
+    for (name, value) in [
+        ("GITHUB_TOKEN", "${AGENT_RUNNER_GITHUB_TOKEN:-}"),
+        (
+            "DISPATCH_REPO",
+            "${HANDSFREE_AGENT_DISPATCH_REPO:-endomorphosis/lift_coding_dispatch}",
+        ),
+        ("POLL_INTERVAL_SECONDS", "${AGENT_POLL_INTERVAL:-30}"),
+        ("AGENT_NAME", "${AGENT_NAME:-custom-agent}"),
+        ("LLM_PROVIDER", "${LLM_PROVIDER:-openai}"),
+        ("LLM_API_KEY", "${LLM_API_KEY:-}"),
+        ("LLM_MODEL", "${LLM_MODEL:-gpt-4}"),
+        ("LOG_LEVEL", "${LOG_LEVEL:-INFO}"),
+    ] {
+        assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    // Every name passed in is one the runner reads (a typo would be silently ignored).
+    let asked = RefCell::new(BTreeSet::new());
+    Config::load(None, &|name| {
+        asked.borrow_mut().insert(name.to_string());
+        None
+    })
+    .unwrap();
+    let asked = asked.into_inner();
+    let unread: Vec<&String> = env.keys().filter(|k| !asked.contains(*k)).collect();
+    assert!(unread.is_empty(), "the runner never reads {unread:?}");
+    assert_eq!(env["AGENT_RUNNER_LISTEN"], "0.0.0.0:8080");
+    assert_eq!(env["AGENT_RUNNER_STATE_DIR"], "/var/lib/agent-runner");
+}
+
+#[test]
+fn compose_file_has_health_restart_limits_volume_and_the_socket() {
+    let service = compose_service();
+    let test: Vec<&str> = service["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(test[0], "CMD");
+    assert_eq!(test.last(), Some(&"http://127.0.0.1:8080/healthz"));
+    assert_eq!(service["restart"].as_str(), Some("unless-stopped"));
+    for key in ["mem_limit", "cpus", "pids_limit"] {
+        assert!(!service[key].is_badvalue(), "no {key}");
+    }
+    let volumes: Vec<&str> = service["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(volumes.contains(&"agent-runner-state:/var/lib/agent-runner"));
+    assert!(volumes.contains(&"${DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock"));
+    assert!(
+        service["group_add"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("${DOCKER_GID:?"),
+        "the socket's group is required"
+    );
+    assert_eq!(
+        service["extra_hosts"][0].as_str(),
+        Some("host.docker.internal:host-gateway")
+    );
+}
+
+#[test]
+fn the_runner_image_builds_from_the_offline_base_and_a_small_context() {
+    let service = compose_service();
+    let build = &service["build"];
+    assert_eq!(build["context"].as_str(), Some("."));
+    assert_eq!(build["dockerfile"].as_str(), Some("Dockerfile"));
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let base = format!(
+        "ARG BASE_IMAGE={}",
+        agent_runner::sandbox::BASE_IMAGE_LATEST
+    );
+    assert!(dockerfile.contains(&base), "{dockerfile}");
+    assert_eq!(
+        build["args"]["BASE_IMAGE"].as_str(),
+        Some(format!(
+            "${{AGENT_RUNNER_BASE_IMAGE:-{}}}",
+            agent_runner::sandbox::BASE_IMAGE_LATEST
+        ))
+        .as_deref()
+    );
+    assert!(dockerfile.contains("ARG BINARY=target/release/agent-runner"));
+    assert_eq!(
+        build["args"]["BINARY"].as_str(),
+        Some("${AGENT_RUNNER_BINARY:-target/release/agent-runner}")
+    );
+    // Every FROM is the base image: nothing is pulled from a registry.
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM "))
+        .collect();
+    assert_eq!(froms, ["FROM ${BASE_IMAGE}"]);
+    // The build context is everything but what the image needs: target/ is gigabytes.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(rules.first(), Some(&"*"), "{ignore}");
+    for needed in [
+        "!target/release/agent-runner",
+        "!target/debug/agent-runner",
+        "!examples/calculator/fix.jsonl",
+    ] {
+        assert!(
+            rules.contains(&needed),
+            "{needed} missing from .dockerignore"
+        );
+    }
+}

@@ -85,7 +85,7 @@ async fn talks_to_any_openai_compatible_server_and_records_a_replayable_transcri
     assert!(model.describe().contains("smollm2-135m-instruct"));
 
     let reply = model
-        .complete(&[Message::system("be brief"), Message::user("hello")])
+        .complete(&[Message::system("be brief"), Message::user("hello")], &[])
         .await
         .unwrap();
     assert_eq!(reply.content, "echo: hello");
@@ -107,7 +107,7 @@ async fn talks_to_any_openai_compatible_server_and_records_a_replayable_transcri
         "the key is not recorded"
     );
     let replay = ReplayModel::load(&record).unwrap();
-    let again = llm::ChatModel::complete(&replay, &[]).await.unwrap();
+    let again = llm::ChatModel::complete(&replay, &[], &[]).await.unwrap();
     assert_eq!(again.content, "echo: hello");
     assert_eq!(again.usage.prompt_tokens, 21);
 }
@@ -117,7 +117,7 @@ async fn server_errors_name_the_server() {
     let base = start_server(Seen::default(), 404).await;
     let model = llm::from_config(&config(base.clone())).unwrap();
     let err = model
-        .complete(&[Message::user("hi")])
+        .complete(&[Message::user("hi")], &[])
         .await
         .unwrap_err()
         .to_string();

@@ -168,18 +168,18 @@ impl AgentRun<'_> {
             )?;
             logged = messages.len() + 1;
             let asked = Instant::now();
-            let reply = match tokio::time::timeout(remaining, self.model.complete(&messages)).await
-            {
-                Err(_) => break StopReason::Timeout,
-                Ok(Err(e)) => {
-                    transcript.event(
-                        "model_error",
-                        &serde_json::json!({"turn": turn, "error": e.to_string()}),
-                    )?;
-                    break StopReason::ModelError(e.to_string());
-                }
-                Ok(Ok(reply)) => reply,
-            };
+            let reply =
+                match tokio::time::timeout(remaining, self.model.complete(&messages, &[])).await {
+                    Err(_) => break StopReason::Timeout,
+                    Ok(Err(e)) => {
+                        transcript.event(
+                            "model_error",
+                            &serde_json::json!({"turn": turn, "error": e.to_string()}),
+                        )?;
+                        break StopReason::ModelError(e.to_string());
+                    }
+                    Ok(Ok(reply)) => reply,
+                };
             let took = asked.elapsed();
             outcome.llm_time += took;
             outcome.usage.prompt_tokens += reply.usage.prompt_tokens;

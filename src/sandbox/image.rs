@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -65,8 +67,36 @@ pub fn default_image_tag() -> String {
     format!("{IMAGE_REPO}:{}", hash12())
 }
 
-fn base_image_tag() -> String {
+/// `agent-runner-base:<hash12>`: the imported Debian rootfs the default image is built on.
+pub fn base_image_tag() -> String {
     format!("{BASE_REPO}:{}", hash12())
+}
+
+/// A stable local name for the base image, for images built on it without knowing the
+/// recipe hash (the runner's own top-level `Dockerfile`); `agent-runner sandbox build`
+/// sets it to this binary's base image.
+pub const BASE_IMAGE_LATEST: &str = "agent-runner-base:latest";
+
+/// Tags this binary's base image ([`base_image_tag`]) also as [`BASE_IMAGE_LATEST`];
+/// returns the base image's tag. Call after [`ensure_default_image`].
+pub async fn tag_base_image_latest(docker: &Docker) -> Result<String, SandboxError> {
+    let base = base_image_tag();
+    if !image_exists(docker, &base).await? {
+        return Err(SandboxError::ImageBuild(format!(
+            "the base image {base} is missing although {} exists; remove {} and build again",
+            default_image_tag(),
+            default_image_tag()
+        )));
+    }
+    let (repo, tag) = BASE_IMAGE_LATEST
+        .split_once(':')
+        .unwrap_or((BASE_IMAGE_LATEST, "latest"));
+    let options = TagImageOptionsBuilder::default()
+        .repo(repo)
+        .tag(tag)
+        .build();
+    docker.tag_image(&base, Some(options)).await?;
+    Ok(base)
 }
 
 async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, SandboxError> {

@@ -273,9 +273,24 @@ impl FakeGitHub {
     /// The server runs on its own thread and runtime, so tests may block their own
     /// runtime (e.g. synchronous git2 calls) without starving it.
     pub async fn start(token: &str) -> FakeGitHub {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        FakeGitHub::start_on(token, any_port, "127.0.0.1").await
+    }
+
+    /// Like [`FakeGitHub::start`], but listening on `bind` (e.g. `0.0.0.0:0`, so that
+    /// containers reach it) and naming itself `http://{public_host}:PORT` in every URL it
+    /// hands out (`api_url`, `clone_url`, `html_url`...), e.g. `host.docker.internal` for a
+    /// client in a container.
+    pub async fn start_on(
+        token: &str,
+        bind: std::net::SocketAddr,
+        public_host: &str,
+    ) -> FakeGitHub {
+        let listener =
+            std::net::TcpListener::bind(bind).unwrap_or_else(|e| panic!("fake: bind {bind}: {e}"));
         listener.set_nonblocking(true).expect("set_nonblocking");
-        let base = format!("http://{}", listener.local_addr().expect("local_addr"));
+        let port = listener.local_addr().expect("local_addr").port();
+        let base = format!("http://{public_host}:{port}");
         let state = Arc::new(Mutex::new(State {
             token: token.to_string(),
             app: None,
