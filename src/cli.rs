@@ -61,11 +61,11 @@ pub enum Command {
     /// Compare models on a suite of tasks: resolved (hidden tests pass), well-formed edits,
     /// feedback rounds, tokens, time and stop reasons, as Markdown, JSON and an SVG chart.
     Eval(EvalArgs),
-    /// Show a task's transcript for a person: turns, edits, test results, stop reason.
     /// Check what a deployment needs (Docker, sandbox image, GitHub token and dispatch
     /// repository, model server, journal directory), each problem with its fix: exit 0 when
     /// nothing failed, 1 otherwise.
     Doctor(DoctorArgs),
+    /// Show a task's transcript for a person: turns, edits, test results, stop reason.
     Transcript {
         /// The task id (as in the summary or the failure comment), or a transcript file.
         task_id: String,
