@@ -222,7 +222,7 @@ impl Work<'_> {
     }
 }
 
-fn limits(config: &Config) -> Limits {
+pub(crate) fn limits(config: &Config) -> Limits {
     Limits {
         memory_bytes: config.sandbox.memory_mb * 1024 * 1024,
         nano_cpus: (config.sandbox.cpus * 1e9) as i64,

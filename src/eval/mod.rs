@@ -21,7 +21,7 @@ use report::{ModelResults, Results, RunRecord, TaskInfo};
 
 use crate::config::Config;
 use crate::runner::{self, RunError, SolveRequest};
-use crate::sandbox::{self, ExecOutcome, Limits, Sandbox, SandboxError, SandboxSpec};
+use crate::sandbox::{self, ExecOutcome, Sandbox, SandboxError, SandboxSpec};
 
 /// Lines of a failed hidden test run kept in the results.
 const HIDDEN_TAIL_LINES: usize = 30;
@@ -409,16 +409,6 @@ fn progress_line(n: usize, total: usize, r: &RunRecord) -> String {
     )
 }
 
-fn limits(config: &Config) -> Limits {
-    Limits {
-        memory_bytes: config.sandbox.memory_mb * 1024 * 1024,
-        nano_cpus: (config.sandbox.cpus * 1e9) as i64,
-        pids: config.sandbox.pids,
-        command_timeout: config.command_timeout(),
-        ..Limits::default()
-    }
-}
-
 /// Runs `command` in a new sandbox (no network) that holds `tree` with the files of
 /// `overlay` copied over it, and removes the sandbox afterwards. `label` names the
 /// sandbox's task.
@@ -432,7 +422,7 @@ pub async fn test_in_fresh_sandbox(
     let docker = sandbox::connect().await?;
     let spec = SandboxSpec {
         image: config.sandbox.image.clone(),
-        limits: limits(config),
+        limits: runner::limits(config),
         network: false,
         runtime: config.sandbox.runtime.clone(),
         runner_id: config.agent_name.clone(),
