@@ -233,7 +233,7 @@ pub(crate) fn limits(config: &Config) -> Limits {
 }
 
 /// Identifies this runner's containers; one per agent name and host user.
-fn runner_id(config: &Config) -> String {
+pub(crate) fn runner_id(config: &Config) -> String {
     config.agent_name.clone()
 }
 

@@ -425,7 +425,7 @@ pub async fn test_in_fresh_sandbox(
         limits: runner::limits(config),
         network: false,
         runtime: config.sandbox.runtime.clone(),
-        runner_id: config.agent_name.clone(),
+        runner_id: runner::runner_id(config),
         task_id: label.to_string(),
     };
     let files = match overlay {
