@@ -81,6 +81,9 @@ pub enum BenchCommand {
     Patch(crate::bench::patch::PatchBenchArgs),
     /// Sandbox start and exec latency against raw `docker run` and `docker exec`.
     Sandbox(crate::bench::sandbox::SandboxBenchArgs),
+    /// The model client against raw HTTP on a real OpenAI-compatible server (plain and
+    /// streamed), and its token accounting against the server's own counts.
+    Llm(crate::bench::llm::LlmBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +96,8 @@ pub struct EvalArgs {
     /// `openai:<model>[@<base_url>]` is any OpenAI-compatible server (default base URL:
     /// LLM_BASE_URL). Options follow with commas: `,name=<name>` (its name in the report;
     /// default: the spec), and for openai `,temperature=<t>`, `,max_output_tokens=<n>`,
-    /// `,timeout=<secs>`, `,key_env=<VAR>` (the API key's variable; default LLM_API_KEY).
+    /// `,timeout=<secs>`, `,key_env=<VAR>` (the API key's variable; default LLM_API_KEY),
+    /// `,context_tokens=<n>` (instead of the probed window), `,tools=auto|native|text`.
     /// E.g. `openai:qwen2.5-coder:7b@http://localhost:11434/v1,temperature=0.2,name=qwen`.
     #[arg(long = "model", value_name = "SPEC", required_unless_present = "check")]
     pub models: Vec<String>,
@@ -321,6 +325,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Sandbox(args)) => {
             bench(crate::bench::sandbox::run(args).await)
         }
+        Command::Bench(BenchCommand::Llm(args)) => bench(crate::bench::llm::run(args).await),
         Command::Eval(args) => eval(&config, args).await,
         Command::Transcript { task_id, raw } => transcript(&config, &task_id, raw),
         Command::Doctor(_) => doctor(&config).await,
@@ -456,8 +461,18 @@ async fn solve(config: Config, args: SolveArgs) -> Result<ExitCode, Failure> {
     println!("  tests before: {}", outcome.baseline.summary());
     println!("  tests after:  {}", outcome.final_test().summary());
     println!(
-        "  iterations:  {} ({} edit sets applied, {} rejected)",
-        outcome.iterations, outcome.edits_applied, outcome.edits_rejected
+        "  iterations:  {} ({} edit sets applied, {} rejected{})",
+        outcome.iterations,
+        outcome.edits_applied,
+        outcome.edits_rejected,
+        [
+            (outcome.replies_without_edits, "replies without edits"),
+            (outcome.actions, "exploration actions"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("; {n} {what}"))
+        .collect::<String>()
     );
     println!(
         "  tokens:      {} in, {} out",

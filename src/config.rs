@@ -156,6 +156,59 @@ pub struct LlmConfig {
     pub request_timeout_secs: u64,
     pub max_output_tokens: u32,
     pub temperature: f32,
+    /// Stream replies (`LLM_STREAM`): tokens arrive as they are made, with usage from the
+    /// final chunk; `false` asks for the whole reply at once.
+    pub stream: bool,
+    /// The model's context window in tokens (`LLM_CONTEXT_TOKENS`). Unset: the preflight
+    /// probe asks the server (llama.cpp `/props`, vLLM `/v1/models`, Ollama `/api/show`).
+    pub context_tokens: Option<u64>,
+    /// How the model asks for actions (`LLM_TOOL_PROTOCOL`): `auto` probes the server for
+    /// native tool calls, `native` uses them without asking, `text` never does.
+    pub tool_protocol: ToolProtocol,
+}
+
+/// How the model asks for actions: native (OpenAI-style function) tool calls, or the
+/// plain-text action protocol that works with any model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolProtocol {
+    /// Native tool calls when the preflight probe sees the model make one.
+    #[default]
+    Auto,
+    /// Native tool calls, without probing.
+    Native,
+    /// The plain-text action protocol, without probing.
+    Text,
+}
+
+impl ToolProtocol {
+    pub const ALLOWED: &'static str = "`auto`, `native` or `text`";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolProtocol::Auto => "auto",
+            ToolProtocol::Native => "native",
+            ToolProtocol::Text => "text",
+        }
+    }
+}
+
+impl fmt::Display for ToolProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ToolProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ToolProtocol, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ToolProtocol::Auto),
+            "native" => Ok(ToolProtocol::Native),
+            "text" => Ok(ToolProtocol::Text),
+            _ => Err(format!("expected {}", ToolProtocol::ALLOWED)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -179,6 +232,9 @@ pub struct AgentConfig {
     pub max_context_bytes: usize,
     /// Refuse edits under `.github/workflows/`.
     pub protect_workflows: bool,
+    /// Tokens (in and out) all tasks of this state directory may use per UTC day; 0: no cap.
+    /// `AGENT_RUNNER_MAX_TOKENS_PER_DAY`.
+    pub max_tokens_per_day: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +312,9 @@ impl Default for LlmConfig {
             request_timeout_secs: 300,
             max_output_tokens: 4096,
             temperature: 0.0,
+            stream: true,
+            context_tokens: None,
+            tool_protocol: ToolProtocol::Auto,
         }
     }
 }
@@ -272,6 +331,7 @@ impl Default for AgentConfig {
             no_change_limit: 3,
             max_context_bytes: 60_000,
             protect_workflows: true,
+            max_tokens_per_day: 0,
         }
     }
 }
@@ -288,6 +348,14 @@ impl Default for SandboxConfig {
             setup_cmd: None,
             setup_network: true,
         }
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -398,6 +466,13 @@ impl Config {
                 why: "expected a whole number of seconds".into(),
             })?;
         }
+        if let Some(v) = get(&["AGENT_RUNNER_MAX_TOKENS_PER_DAY"]) {
+            self.agent.max_tokens_per_day = v.parse().map_err(|_| ConfigError::Invalid {
+                name: "AGENT_RUNNER_MAX_TOKENS_PER_DAY",
+                value: v.clone(),
+                why: "expected a whole number of tokens (0: no cap)".into(),
+            })?;
+        }
         if let Some(v) = get(&["AGENT_RUNNER_STATE_DIR"]) {
             self.state_dir = PathBuf::from(v);
         }
@@ -412,6 +487,33 @@ impl Config {
         }
         if let Some(v) = get(&["LLM_BASE_URL"]) {
             self.llm.base_url = v;
+        }
+        if let Some(v) = get(&["LLM_STREAM"]) {
+            self.llm.stream = parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
+                name: "LLM_STREAM",
+                value: v.clone(),
+                why: "expected `true` or `false`".into(),
+            })?;
+        }
+        if let Some(v) = get(&["LLM_CONTEXT_TOKENS"]) {
+            self.llm.context_tokens = Some(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        name: "LLM_CONTEXT_TOKENS",
+                        value: v.clone(),
+                        why: "expected the model's context window as a positive whole number of tokens, e.g. 32768".into(),
+                    })?,
+            );
+        }
+        if let Some(v) = get(&["LLM_TOOL_PROTOCOL"]) {
+            self.llm.tool_protocol = v.parse().map_err(|why| ConfigError::Invalid {
+                name: "LLM_TOOL_PROTOCOL",
+                value: v.clone(),
+                why,
+            })?;
         }
         if let Some(v) = get(&["AGENT_RUNNER_LISTEN"]) {
             self.listen = v;
@@ -448,6 +550,13 @@ impl Config {
                 name: "LLM_PROVIDER",
                 value: self.llm.provider.clone(),
                 why: "expected `openai` (any OpenAI-compatible server) or `replay`".into(),
+            });
+        }
+        if self.llm.context_tokens == Some(0) {
+            return Err(ConfigError::Invalid {
+                name: "llm.context_tokens",
+                value: "0".into(),
+                why: "expected the model's context window as a positive whole number of tokens, or leave it unset to ask the server".into(),
             });
         }
         for name in self.targets.keys() {
@@ -778,5 +887,76 @@ mod tests {
             r.redact("token ghp_abcdef123456 and sk-live-987654"),
             "token *** and ***"
         );
+    }
+
+    #[test]
+    fn llm_stream_context_and_tool_protocol_from_file_and_env() {
+        let defaults = Config::load(None, &env_of(&[])).unwrap();
+        assert!(defaults.llm.stream);
+        assert_eq!(defaults.llm.context_tokens, None);
+        assert_eq!(defaults.llm.tool_protocol, ToolProtocol::Auto);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent-runner.toml");
+        std::fs::write(
+            &file,
+            "[llm]\nstream = false\ncontext_tokens = 8192\ntool_protocol = \"native\"\n",
+        )
+        .unwrap();
+        let from_file = Config::load(Some(&file), &env_of(&[])).unwrap();
+        assert!(!from_file.llm.stream);
+        assert_eq!(from_file.llm.context_tokens, Some(8192));
+        assert_eq!(from_file.llm.tool_protocol, ToolProtocol::Native);
+        from_file.validate().unwrap();
+
+        let env = env_of(&[
+            ("LLM_STREAM", "true"),
+            ("LLM_CONTEXT_TOKENS", "32768"),
+            ("LLM_TOOL_PROTOCOL", "Text"),
+        ]);
+        let from_env = Config::load(Some(&file), &env).unwrap();
+        assert!(from_env.llm.stream);
+        assert_eq!(from_env.llm.context_tokens, Some(32768));
+        assert_eq!(from_env.llm.tool_protocol, ToolProtocol::Text);
+    }
+
+    #[test]
+    fn bad_llm_values_name_the_setting_and_what_is_allowed() {
+        let err = Config::load(None, &env_of(&[("LLM_TOOL_PROTOCOL", "json")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LLM_TOOL_PROTOCOL")
+                && err.contains("`auto`")
+                && err.contains("`native`")
+                && err.contains("`text`"),
+            "{err}"
+        );
+        let err = Config::load(None, &env_of(&[("LLM_STREAM", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LLM_STREAM"), "{err}");
+        for bad in ["0", "-1", "lots"] {
+            let err = Config::load(None, &env_of(&[("LLM_CONTEXT_TOKENS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("LLM_CONTEXT_TOKENS"), "{err}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[llm]\ntool_protocol = \"json\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("tool_protocol") && err.contains("auto") && err.contains("text"),
+            "{err}"
+        );
+        std::fs::write(&file, "[llm]\ncontext_tokens = 0\n").unwrap();
+        let err = Config::from_file(&file)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("context_tokens"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use crate::edit::PathPolicy;
 use crate::github::{GitHub, GitHubError};
 use crate::llm::{self, ChatModel, LlmError};
 use crate::sandbox::{self, Limits, Sandbox, SandboxError, SandboxSpec};
+use crate::store::Store;
 use crate::workspace::{self, Workspace, WorkspaceError};
 
 /// Context taken from the target issue is capped: it is untrusted text for the model.
@@ -171,7 +172,19 @@ impl Work<'_> {
             runner_id,
             task_id: self.task_id.to_string(),
         };
-        let budget = Budget::from_config(&self.config.agent);
+        let budget = Budget {
+            reserve_output_tokens: u64::from(self.config.llm.max_output_tokens),
+            ..Budget::from_config(&self.config.agent)
+        };
+        // The daily token cap is counted in the journal every task of this state dir shares.
+        let journal = match self.config.agent.max_tokens_per_day {
+            0 => None,
+            _ => Some(
+                Store::open(&self.config.state_dir)
+                    .await
+                    .map_err(crate::agent::AgentError::from)?,
+            ),
+        };
         // A backstop for hangs, not a budget: the agent checks its wall clock only between
         // steps, so its last test run (and the setup) may each take a full command timeout.
         let commands_after_budget = if setup_cmd.is_some() { 2 } else { 1 };
@@ -207,6 +220,7 @@ impl Work<'_> {
                 budget: &budget,
                 policy: &policy,
                 transcript: &transcript,
+                journal: journal.as_ref(),
             }
             .run()
             .await;

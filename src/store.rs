@@ -434,6 +434,34 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Adds `tokens` to the count kept under `key` (one atomic statement, so concurrent
+    /// tasks and processes sharing the journal never lose an addition); returns the new total.
+    pub async fn add_to_counter(&self, key: &str, tokens: u64) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.with(move |c| {
+            let total: String = c.query_row(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + ?2 AS TEXT)
+                 RETURNING value",
+                params![key, tokens.to_string()],
+                |r| r.get(0),
+            )?;
+            Ok(total.parse().unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The count kept under `key` (0 when there is none).
+    pub async fn counter(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .get_kv(key)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
@@ -568,6 +596,27 @@ mod tests {
             .collect();
         assert_eq!(due, ["t1", "t2"]);
         assert_eq!(store.task("t1").await.unwrap().unwrap().pr_number, Some(5));
+    }
+
+    #[tokio::test]
+    async fn counters_add_up_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.counter("tokens").await.unwrap(), 0);
+        let other = Store::open(dir.path()).await.unwrap();
+        let adds = (0..10).map(|i| {
+            let s = if i % 2 == 0 {
+                store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move { s.add_to_counter("tokens", 7).await.unwrap() })
+        });
+        for add in adds {
+            add.await.unwrap();
+        }
+        assert_eq!(store.counter("tokens").await.unwrap(), 70);
+        assert_eq!(store.add_to_counter("tokens", 0).await.unwrap(), 70);
     }
 
     #[tokio::test]

@@ -299,3 +299,158 @@ async fn an_edit_that_undoes_the_previous_one_is_nudged_then_stopped_and_the_tra
     let traversal = run.again(&["transcript", "../../etc/passwd"]).await;
     assert_eq!(traversal.status.code(), Some(2));
 }
+
+fn transcript_events(run: &Run, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.transcript_path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .map(|v| v["data"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_looks_around_with_text_actions_then_fixes() {
+    let run = solve("explore-text", &[]).await;
+    run.assert_stopped(0, "success");
+    let probe = &transcript_events(&run, "probe")[0];
+    assert_eq!(probe["protocol"], "text", "{probe}");
+    let results = transcript_events(&run, "actions")[0]["results"].clone();
+    let output = |i: usize| results[i]["output"].as_str().unwrap().to_string();
+    assert_eq!(results.as_array().unwrap().len(), 5, "{results}");
+    assert!(
+        output(0).contains("calc.py (") && output(0).contains("test_calc.py ("),
+        "{results}"
+    );
+    assert!(
+        output(1).starts_with("[lines 1-6 of ") && output(1).contains("def add"),
+        "{results}"
+    );
+    assert!(
+        output(2).contains("calc.py:") && output(2).contains("return a - b"),
+        "{results}"
+    );
+    // The exploration command reads but cannot write: not a new file, not an append.
+    let run_output = output(3);
+    assert!(
+        run_output.contains("touch: cannot touch 'hacked': Permission denied"),
+        "{run_output}"
+    );
+    assert!(
+        run_output.contains("calc.py: Permission denied"),
+        "{run_output}"
+    );
+    assert!(!run_output.contains("hacked\n"), "{run_output}");
+    assert_eq!(results[4]["ok"], false);
+    assert!(output(4).contains("unknown action `forget`"), "{results}");
+    // The results went back to the model in the next prompt.
+    let second = transcript_events(&run, "prompt")[1]["messages"].to_string();
+    assert!(second.contains("Results of your actions"), "{second}");
+    assert!(second.contains("### read_file calc.py 1-6"), "{second}");
+    let stop = &transcript_events(&run, "stop")[0];
+    assert_eq!(stop["actions"], 5, "{stop}");
+    // People see what the model looked at.
+    let task_id = run
+        .transcript_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let shown = run.again(&["transcript", &task_id]).await;
+    let page = String::from_utf8_lossy(&shown.stdout);
+    for expected in [
+        "  probe:    context window unknown; exploration by text actions\n",
+        "  looked:   read_file calc.py 1-6 → 7 lines\n",
+        "  looked:   forget everything → error: unknown action `forget`",
+        ", 5 actions, ",
+    ] {
+        assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
+    }
+    // The host's tree has the fix and nothing of the exploration.
+    assert!(!run.stdout().contains("hacked"), "{}", run.describe());
+    assert!(!run.stdout().contains("# x"), "{}", run.describe());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_looks_around_with_native_tool_calls_then_fixes() {
+    let run = solve("explore-native", &[]).await;
+    run.assert_stopped(0, "success");
+    assert_eq!(transcript_events(&run, "probe")[0]["protocol"], "native");
+    let second = &transcript_events(&run, "prompt")[1]["messages"];
+    let messages = second.as_array().unwrap();
+    // The calls are in the reply's record; the next prompt starts with their answers.
+    let reply = &transcript_events(&run, "reply")[0];
+    assert_eq!(reply["tool_calls"].as_array().unwrap().len(), 3, "{reply}");
+    assert_eq!(messages[0]["role"], "tool", "{second}");
+    let answer = |id: &str| {
+        messages
+            .iter()
+            .find(|m| m["role"] == "tool" && m["tool_call_id"] == id)
+            .unwrap_or_else(|| panic!("no answer to {id}: {second}"))["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(answer("call_1").contains("def add(a, b):"), "{second}");
+    assert!(answer("call_2").contains("42"), "{second}");
+    assert!(
+        answer("call_3").starts_with("error: ")
+            && answer("call_3").contains("leaves the repository"),
+        "{second}"
+    );
+    assert!(
+        !second.to_string().contains("root:x:0"),
+        "no host file reaches the model"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_exploration_again_and_again_is_a_loop() {
+    let run = solve("explore-same", &[]).await;
+    run.assert_stopped(1, "loop");
+    assert!(
+        run.stdout()
+            .contains("the same look at the files was already asked for in reply 1"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daily_token_cap_is_shared_by_the_tasks_of_a_state_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let solve_with_cap = |transcript: &str| {
+        let llm = replay(transcript);
+        let mut command = command(
+            tmp.path(),
+            &[
+                "solve",
+                "--repo",
+                "examples/calculator",
+                "--instruction",
+                "Fix add().",
+                "--llm",
+                &llm,
+            ],
+        );
+        command.env("AGENT_RUNNER_MAX_TOKENS_PER_DAY", "1000");
+        command
+    };
+    // The first task's one reply costs 1012 + 64 tokens: under the cap when it starts.
+    let first = solve_with_cap("fix").output().await.unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    // The next task of the day finds the cap spent before its first call.
+    let second = solve_with_cap("never-green").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(
+        stdout.contains("  stop reason: budget_daily_tokens\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1076 tokens used today (UTC) of 1000 allowed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("iterations:  0 "), "{stdout}");
+}

@@ -237,6 +237,71 @@ fn exit_codes_and_interleaved_output() {
 }
 
 #[test]
+fn read_only_commands_read_the_tree_but_cannot_change_it() {
+    run(
+        "read_only_commands_read_the_tree_but_cannot_change_it",
+        async {
+            let s = shared().await;
+            let o = s
+            .sandbox
+            .exec_read_only(
+                "cat tests/test_ok.py; id -u; touch new.txt; echo more >> run.sh; rm tests/test_ok.py; mkdir d; echo scratch > /tmp/ok && echo tmp-writable",
+            )
+            .await
+            .unwrap();
+            assert!(o.output.contains("def test_ok():"), "{}", o.output);
+            assert!(o.output.contains("\n10002\n"), "{}", o.output);
+            assert_eq!(
+                o.output.matches("Permission denied").count(),
+                4,
+                "{}",
+                o.output
+            );
+            assert!(o.output.contains("tmp-writable"), "{}", o.output);
+            let after = sh(
+                &s.sandbox,
+                "test ! -e new.txt && test ! -e d && test -e tests/test_ok.py && cat run.sh",
+            )
+            .await;
+            assert_eq!(after.output, "#!/bin/sh\necho script ran\n", "unchanged");
+        },
+    );
+}
+
+#[test]
+fn read_only_commands_are_killed_at_the_command_timeout() {
+    run(
+        "read_only_commands_are_killed_at_the_command_timeout",
+        async {
+            let env = env().await;
+            let wt = tempfile::tempdir().unwrap();
+            write(wt.path(), "a.txt", "a\n");
+            let limits = Limits {
+                command_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            };
+            let sandbox = Sandbox::start(&env.docker, &spec("ro-timeout", limits), wt.path())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let o = sandbox
+                .exec_read_only("sleep 60 & sleep 60; echo never")
+                .await
+                .unwrap();
+            assert!(o.timed_out, "{}: {}", o.summary(), o.output);
+            assert!(o.duration < Duration::from_secs(10), "{:?}", o.duration);
+            assert!(!o.output.contains("never"));
+            // Nothing of it is left, and the sandbox still works.
+            let ps = sandbox
+                .exec("ps -eo uid= | grep -c 10002 || true")
+                .await
+                .unwrap();
+            assert_eq!(ps.output.trim(), "0", "{}", ps.output);
+            sandbox.remove().await.unwrap();
+        },
+    );
+}
+
+#[test]
 fn worktree_copy_skips_git_and_keeps_owner_and_modes() {
     run("worktree_copy_skips_git_and_keeps_owner_and_modes", async {
         let s = shared().await;
@@ -328,6 +393,24 @@ fn sync_uploads_modified_and_new_files_and_deletes_gone_ones() {
             assert_eq!(
                 o.output,
                 "new content\nbrand new\nkept\ndeleted\n/etc\n10001\n10001\nnogit\nwritable\n"
+            );
+            // The mtime arrives to the nanosecond, so `make` never takes an edited source
+            // for older than what it built in the same second.
+            let status = std::process::Command::new("touch")
+                .args(["-d", "2026-01-02 03:04:05.123456789"])
+                .arg(root.join("sync/modified.txt"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            s.sandbox
+                .sync(root, &[PathBuf::from("sync/modified.txt")])
+                .await
+                .unwrap();
+            let host = std::fs::metadata(root.join("sync/modified.txt")).unwrap();
+            let o = sh(&s.sandbox, "stat -c '%.9Y' sync/modified.txt").await;
+            assert_eq!(
+                o.output.trim(),
+                format!("{}.123456789", std::os::unix::fs::MetadataExt::mtime(&host)),
             );
             assert!(
                 s.sandbox

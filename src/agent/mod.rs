@@ -1,7 +1,11 @@
-//! The agent loop: a baseline test run, then model reply → edits applied on the host →
-//! changed files synced into the sandbox → tests → feedback, until the tests pass or a
-//! budget runs out. Success is decided by the test command, never by the model.
+//! The agent loop: a baseline test run, then model reply → exploration actions answered
+//! and edits applied on the host → changed files synced into the sandbox → tests →
+//! feedback, until the tests pass or a budget runs out. Success is decided by the test
+//! command, never by the model.
 
+mod actions;
+mod context;
+mod explore;
 mod rules;
 mod transcript;
 
@@ -9,29 +13,39 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use actions::{Action, ActionError};
 pub use rules::{Budget, FailureSignature, Repetition, StopReason, failing_tests};
 pub use transcript::render as render_transcript;
 
+use explore::ActionResult;
 use rules::{LoopDetector, Verdict};
 use transcript::Transcript;
 
 use crate::edit::{self, PathPolicy};
-use crate::llm::{ChatModel, Message, Usage};
+use crate::llm::{ChatModel, Completion, Message, ToolSpec, Usage};
 use crate::sandbox::{ExecOutcome, Sandbox, SandboxError};
+use crate::store::{Store, StoreError};
 
 const SYSTEM_PROMPT: &str = include_str!("../../prompts/system.md");
+const ACTIONS_TEXT_PROMPT: &str = include_str!("../../prompts/actions_text.md");
+const ACTIONS_NATIVE_PROMPT: &str = include_str!("../../prompts/actions_native.md");
 const TASK_PROMPT: &str = include_str!("../../prompts/task.md");
 const EDIT_REJECTED_PROMPT: &str = include_str!("../../prompts/edit_rejected.md");
 const NO_EDITS_PROMPT: &str = include_str!("../../prompts/no_edits.md");
 const TESTS_FAILED_PROMPT: &str = include_str!("../../prompts/tests_failed.md");
 const LOOP_NUDGE_PROMPT: &str = include_str!("../../prompts/loop_nudge.md");
+const ACTION_RESULTS_PROMPT: &str = include_str!("../../prompts/action_results.md");
 
 /// Lines of test output the model and the failure comment see.
 const TEST_TAIL_LINES: usize = 60;
-/// Files larger than this are listed in the map but never inlined.
-const MAX_INLINE_FILE_BYTES: u64 = 64 * 1024;
 /// How much of the diff so far goes into a feedback prompt.
 const MAX_DIFF_BYTES: usize = 8000;
+/// The repository map's share of the first prompt when the window is unknown.
+const MAX_MAP_BYTES: usize = 16_000;
+/// One action's output, at most (less when the model's window is small).
+const MAX_ACTION_OUTPUT_BYTES: usize = 12_000;
+/// Actions answered per reply; more are answered with an error.
+const MAX_ACTIONS_PER_TURN: usize = 8;
 
 /// What the loop did, for the summary, the PR body and the failure comment.
 #[derive(Debug, Clone)]
@@ -49,6 +63,10 @@ pub struct AgentOutcome {
     pub test_runs: u32,
     pub edits_applied: u32,
     pub edits_rejected: u32,
+    /// Replies with neither an edit nor an action.
+    pub replies_without_edits: u32,
+    /// Exploration actions answered (both protocols).
+    pub actions: u32,
 }
 
 impl AgentOutcome {
@@ -73,6 +91,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot count the day's tokens in the journal: {0}")]
+    Journal(#[from] StoreError),
 }
 
 pub struct AgentRun<'a> {
@@ -86,6 +106,22 @@ pub struct AgentRun<'a> {
     pub budget: &'a Budget,
     pub policy: &'a PathPolicy,
     pub transcript: &'a Path,
+    /// Where the day's tokens of every task are counted, for `budget.max_tokens_per_day`.
+    pub journal: Option<&'a Store>,
+}
+
+/// The key under which the journal counts the tokens of one UTC day.
+fn daily_tokens_key() -> String {
+    format!("tokens_used:{}", chrono::Utc::now().format("%Y-%m-%d"))
+}
+
+/// How the model asks to look around, decided once per task by the preflight probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Native tool calls (the probe saw the model make one, or the config forces them).
+    Native,
+    /// ```action blocks in the reply text: works with any model.
+    Text,
 }
 
 impl AgentRun<'_> {
@@ -112,6 +148,32 @@ impl AgentRun<'_> {
                 "budget": budget,
             }),
         )?;
+        let capabilities = self.model.probe().await;
+        let protocol = if capabilities.native_tools == Some(true) {
+            Protocol::Native
+        } else {
+            Protocol::Text
+        };
+        let window =
+            context::input_tokens(capabilities.context_tokens, budget.reserve_output_tokens);
+        transcript.event(
+            "probe",
+            &serde_json::json!({
+                "native_tools": capabilities.native_tools,
+                "context_tokens": capabilities.context_tokens,
+                "protocol": if protocol == Protocol::Native { "native" } else { "text" },
+                "input_tokens": window,
+            }),
+        )?;
+        tracing::info!(?protocol, context_tokens = ?capabilities.context_tokens, "exploration protocol");
+        let tools: Vec<ToolSpec> = match protocol {
+            Protocol::Native => actions::tool_specs(),
+            Protocol::Text => Vec::new(),
+        };
+        let action_output_bytes = window
+            .map(|w| (w * context::BYTES_PER_TOKEN / 4).clamp(1000, MAX_ACTION_OUTPUT_BYTES))
+            .unwrap_or(MAX_ACTION_OUTPUT_BYTES);
+
         let baseline = self.sandbox.exec(self.test_cmd).await?;
         let mut detector = LoopDetector::new(budget);
         let baseline_failure = (!baseline.passed()).then(|| signature(&baseline));
@@ -135,16 +197,27 @@ impl AgentRun<'_> {
             test_runs: 0,
             edits_applied: 0,
             edits_rejected: 0,
+            replies_without_edits: 0,
+            actions: 0,
         };
-        let first_prompt = task_prompt(
-            self.instruction,
-            self.target_context,
-            self.worktree,
-            self.test_cmd,
-            &baseline,
-            budget.max_context_bytes,
+        let system = format!(
+            "{SYSTEM_PROMPT}{}",
+            match protocol {
+                Protocol::Native => ACTIONS_NATIVE_PROMPT,
+                Protocol::Text => ACTIONS_TEXT_PROMPT,
+            }
         );
-        let mut messages = vec![Message::system(SYSTEM_PROMPT), Message::user(first_prompt)];
+        let first_prompt = task_prompt(
+            &TaskContext {
+                instruction: self.instruction,
+                target_context: self.target_context,
+                worktree: self.worktree,
+                test_cmd: self.test_cmd,
+                baseline: &baseline,
+            },
+            prompt_bytes(window, budget.max_context_bytes, system.len()),
+        );
+        let mut messages = vec![Message::system(system), Message::user(first_prompt)];
         let mut logged = 0;
         // Each touched file as it was before this task first changed it (`None`: absent),
         // for the diff so far and for telling an undo from a new state.
@@ -157,6 +230,12 @@ impl AgentRun<'_> {
             if let Some(stop) = rules::tokens_exhausted(&outcome.usage, budget) {
                 break stop;
             }
+            if let Some(journal) = self.journal.filter(|_| budget.max_tokens_per_day > 0) {
+                let used_today = journal.counter(&daily_tokens_key()).await?;
+                if let Some(stop) = rules::daily_tokens_exhausted(used_today, budget) {
+                    break stop;
+                }
+            }
             let Some(remaining) = budget.max_wall.checked_sub(started.elapsed()) else {
                 break StopReason::Timeout;
             };
@@ -167,9 +246,19 @@ impl AgentRun<'_> {
                 &serde_json::json!({"turn": turn, "messages": &messages[logged..]}),
             )?;
             logged = messages.len() + 1;
+            let (sent, left_out) = match window {
+                Some(w) => context::fit_history(&messages, w),
+                None => (messages.clone(), 0),
+            };
+            if left_out > 0 {
+                transcript.event(
+                    "context_fit",
+                    &serde_json::json!({"turn": turn, "left_out_messages": left_out, "input_tokens": window}),
+                )?;
+            }
             let asked = Instant::now();
             let reply =
-                match tokio::time::timeout(remaining, self.model.complete(&messages, &[])).await {
+                match tokio::time::timeout(remaining, self.model.complete(&sent, &tools)).await {
                     Err(_) => break StopReason::Timeout,
                     Ok(Err(e)) => {
                         transcript.event(
@@ -184,17 +273,62 @@ impl AgentRun<'_> {
             outcome.llm_time += took;
             outcome.usage.prompt_tokens += reply.usage.prompt_tokens;
             outcome.usage.completion_tokens += reply.usage.completion_tokens;
+            if let Some(journal) = self.journal.filter(|_| budget.max_tokens_per_day > 0) {
+                journal
+                    .add_to_counter(
+                        &daily_tokens_key(),
+                        reply.usage.prompt_tokens + reply.usage.completion_tokens,
+                    )
+                    .await?;
+            }
             transcript.event(
                 "reply",
                 &serde_json::json!({
                     "turn": turn,
                     "content": reply.content,
+                    "tool_calls": reply.tool_calls,
                     "usage": reply.usage,
                     "seconds": took.as_secs_f64(),
                 }),
             )?;
-            messages.push(Message::assistant(reply.content.clone()));
+            messages.push(Message::assistant_with_tools(
+                reply.content.clone(),
+                reply.tool_calls.clone(),
+            ));
             detector.proposal(turn, &reply.content);
+
+            // Looking first: native calls are answered with tool messages, text actions
+            // with a block of the next prompt.
+            let (tool_answers, text_results) =
+                self.answer_actions(&reply, action_output_bytes).await?;
+            let looked: Vec<&ActionResult> = tool_answers
+                .iter()
+                .map(|(_, r)| r)
+                .chain(text_results.iter())
+                .collect();
+            outcome.actions += looked.len() as u32;
+            if !looked.is_empty() {
+                transcript.event(
+                    "actions",
+                    &serde_json::json!({"turn": turn, "results": looked}),
+                )?;
+            }
+            let explored: String = looked.iter().map(|r| format!("{}\n", r.request)).collect();
+            for (id, result) in &tool_answers {
+                messages.push(Message::tool_result(id.clone(), result.output.clone()));
+            }
+            let results_block = (!text_results.is_empty()).then(|| {
+                render(
+                    ACTION_RESULTS_PROMPT,
+                    &[(
+                        "results",
+                        &text_results
+                            .iter()
+                            .map(ActionResult::render)
+                            .collect::<String>(),
+                    )],
+                )
+            });
 
             // A dry run first names the files the edit would touch, so their content
             // before this task changed them can be kept.
@@ -210,16 +344,23 @@ impl AgentRun<'_> {
                 dry
             };
             let mut test_budget_spent = false;
-            let mut next = if !report.applied {
-                outcome.edits_rejected += 1;
+            let feedback: Option<String> = if report.found_no_edits() && !explored.is_empty() {
+                detector.explored(turn, &explored);
+                results_block.clone()
+            } else if !report.applied {
+                if report.found_no_edits() {
+                    outcome.replies_without_edits += 1;
+                } else {
+                    outcome.edits_rejected += 1;
+                }
                 detector.idle();
                 transcript.event("edit", &serde_json::json!({"turn": turn, "report": report}))?;
-                if report.found_no_edits() {
+                Some(if report.found_no_edits() {
                     NO_EDITS_PROMPT.to_string()
                 } else {
                     tracing::info!(iteration = turn, "edits rejected");
                     render(EDIT_REJECTED_PROMPT, &[("feedback", &report.feedback())])
-                }
+                })
             } else {
                 outcome.edits_applied += 1;
                 let tree = detector.tree.record(report.changes.iter().map(|c| {
@@ -255,30 +396,19 @@ impl AgentRun<'_> {
                 };
                 detector.failure(failure.clone());
                 test_budget_spent = rules::test_runs_exhausted(outcome.test_runs, budget);
-                let applied: String = report
-                    .changes
-                    .iter()
-                    .map(|c| format!("- {}\n", c.path.display()))
-                    .collect();
-                let failing = match &failure {
-                    FailureSignature::Tests(names) => {
-                        format!("\nFailing tests: {}\n", names.join(", "))
-                    }
-                    FailureSignature::Tail(_) => String::new(),
-                };
-                render(
-                    TESTS_FAILED_PROMPT,
-                    &[
-                        ("applied", &applied),
-                        ("summary", &test.summary()),
-                        ("failing", &failing),
-                        ("tail", &test.tail(TEST_TAIL_LINES)),
-                        (
-                            "diff",
-                            &cap_text(&diff_so_far(self.worktree, &originals), MAX_DIFF_BYTES),
-                        ),
-                    ],
-                )
+                Some(tests_failed_feedback(
+                    &report,
+                    &test,
+                    &failure,
+                    &diff_so_far(self.worktree, &originals),
+                ))
+            };
+            // Results of text actions come first when the reply also had edits.
+            let mut next = match (&results_block, feedback) {
+                (Some(results), Some(feedback)) if !report.found_no_edits() => {
+                    Some(format!("{results}\n{feedback}"))
+                }
+                (_, feedback) => feedback,
             };
             match detector.verdict() {
                 Verdict::Continue => {}
@@ -292,15 +422,21 @@ impl AgentRun<'_> {
                         "nudge",
                         &serde_json::json!({"turn": turn, "repetitions": repetitions}),
                     )?;
-                    next.push_str("\n\n");
-                    next.push_str(&render(LOOP_NUDGE_PROMPT, &[("repetitions", &list)]));
+                    let nudge = render(LOOP_NUDGE_PROMPT, &[("repetitions", &list)]);
+                    next = Some(match next {
+                        Some(text) => format!("{text}\n\n{nudge}"),
+                        None => nudge,
+                    });
                 }
                 Verdict::Stop(stop) => break stop,
             }
             if test_budget_spent {
                 break StopReason::BudgetTestRuns;
             }
-            messages.push(Message::user(next));
+            // Native calls alone need no user turn: the tool results are the next input.
+            if let Some(next) = next {
+                messages.push(Message::user(next));
+            }
         };
         transcript.event(
             "stop",
@@ -314,12 +450,81 @@ impl AgentRun<'_> {
                 "test_runs": outcome.test_runs,
                 "edits_applied": outcome.edits_applied,
                 "edits_rejected": outcome.edits_rejected,
+                "replies_without_edits": outcome.replies_without_edits,
+                "actions": outcome.actions,
+                "protocol": if protocol == Protocol::Native { "native" } else { "text" },
                 "llm_seconds": outcome.llm_time.as_secs_f64(),
                 "seconds": started.elapsed().as_secs_f64(),
             }),
         )?;
         Ok(outcome)
     }
+
+    /// Runs what the reply asked to look at: its native tool calls (each answered by id)
+    /// and its ```action lines. Past [`MAX_ACTIONS_PER_TURN`], requests get an error.
+    async fn answer_actions(
+        &self,
+        reply: &Completion,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, ActionResult)>, Vec<ActionResult>), SandboxError> {
+        let mut count = 0usize;
+        let mut answer = async |request: Result<Action, ActionError>| {
+            count += 1;
+            if count > MAX_ACTIONS_PER_TURN {
+                let request = match &request {
+                    Ok(action) => action.describe(),
+                    Err(e) => e.request.clone(),
+                };
+                return Ok(ActionResult::from(ActionError {
+                    request,
+                    message: format!(
+                        "at most {MAX_ACTIONS_PER_TURN} actions are answered per reply; ask again for what you still need"
+                    ),
+                }));
+            }
+            match request {
+                Ok(action) => explore::run(&action, self.worktree, self.sandbox, max_bytes).await,
+                Err(e) => Ok(ActionResult::from(e)),
+            }
+        };
+        let mut tool_answers = Vec::new();
+        for call in &reply.tool_calls {
+            let result = answer(actions::from_tool_call(call)).await?;
+            tool_answers.push((call.id.clone(), result));
+        }
+        let mut text_results = Vec::new();
+        for request in actions::parse_text(&reply.content) {
+            text_results.push(answer(request).await?);
+        }
+        Ok((tool_answers, text_results))
+    }
+}
+
+fn tests_failed_feedback(
+    report: &edit::ApplyReport,
+    test: &ExecOutcome,
+    failure: &FailureSignature,
+    diff: &str,
+) -> String {
+    let applied: String = report
+        .changes
+        .iter()
+        .map(|c| format!("- {}\n", c.path.display()))
+        .collect();
+    let failing = match failure {
+        FailureSignature::Tests(names) => format!("\nFailing tests: {}\n", names.join(", ")),
+        FailureSignature::Tail(_) => String::new(),
+    };
+    render(
+        TESTS_FAILED_PROMPT,
+        &[
+            ("applied", &applied),
+            ("summary", &test.summary()),
+            ("failing", &failing),
+            ("tail", &test.tail(TEST_TAIL_LINES)),
+            ("diff", &context::cap_middle(diff, MAX_DIFF_BYTES)),
+        ],
+    )
 }
 
 fn signature(test: &ExecOutcome) -> FailureSignature {
@@ -397,132 +602,62 @@ pub fn render(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-fn cap_text(text: &str, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text.to_string();
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!(
-        "{}\n[... {} more bytes not shown]",
-        &text[..end],
-        text.len() - end
-    )
+struct TaskContext<'a> {
+    instruction: &'a str,
+    target_context: Option<&'a str>,
+    worktree: &'a Path,
+    test_cmd: &'a str,
+    baseline: &'a ExecOutcome,
 }
 
-fn task_prompt(
-    instruction: &str,
-    target_context: Option<&str>,
-    worktree: &Path,
-    test_cmd: &str,
-    baseline: &ExecOutcome,
-    max_context_bytes: usize,
-) -> String {
-    let files = repo_files(worktree);
-    let map: String = files
-        .iter()
-        .map(|f| format!("{} ({})\n", f.path, f.size))
-        .collect();
-    let inlined = pack_files(worktree, &files, instruction, max_context_bytes);
-    let context = target_context
+/// Bytes of map and files the first prompt may carry: half the model's input window
+/// (the rest is for the turns that follow) less the system prompt, and never more than
+/// `agent.max_context_bytes` of files plus the map's share.
+fn prompt_bytes(window: Option<usize>, max_context_bytes: usize, system_bytes: usize) -> usize {
+    let configured = max_context_bytes + MAX_MAP_BYTES;
+    match window {
+        Some(tokens) => (tokens * context::BYTES_PER_TOKEN / 2)
+            .saturating_sub(system_bytes)
+            .min(configured),
+        None => configured,
+    }
+}
+
+/// The first prompt: the task, then the map and the files in what `max_bytes` leaves
+/// after the fixed parts (the map gets at most a quarter), then the baseline test run.
+fn task_prompt(task: &TaskContext, max_bytes: usize) -> String {
+    let context = task
+        .target_context
         .map(|c| format!("\n## Context from the target issue\n\n{c}\n"))
         .unwrap_or_default();
-    render(
-        TASK_PROMPT,
-        &[
-            ("fence", &crate::dispatch::fence_for(instruction)),
-            ("instruction", instruction),
-            ("target_context", &context),
-            ("repo_map", map.trim_end()),
-            ("files", &inlined),
-            ("test_cmd", test_cmd),
-            ("baseline_summary", &baseline.summary()),
-            ("baseline_tail", &baseline.tail(TEST_TAIL_LINES)),
-        ],
-    )
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RepoFile {
-    path: String,
-    size: u64,
-}
-
-/// Regular files of the work tree, without `.git`; symlinks are never followed, so a link
-/// to a host file cannot pull its content into a prompt.
-fn repo_files(root: &Path) -> Vec<RepoFile> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if entry.file_name() == ".git" {
-                continue;
-            }
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file()
-                && let (Ok(rel), Ok(meta)) = (path.strip_prefix(root), entry.metadata())
-            {
-                files.push(RepoFile {
-                    path: rel.to_string_lossy().into_owned(),
-                    size: meta.len(),
-                });
-            }
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
-}
-
-/// Inlines the files most likely to matter (named in the instruction first, then the
-/// smallest) up to the byte budget, and says which were left out.
-fn pack_files(root: &Path, files: &[RepoFile], instruction: &str, max_bytes: usize) -> String {
-    let mut order: Vec<&RepoFile> = files.iter().collect();
-    order.sort_by_key(|f| {
-        let name = Path::new(&f.path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (!instruction.contains(&name), f.size)
-    });
-    let mut out = String::new();
-    let mut left_out = Vec::new();
-    let mut used = 0usize;
-    for file in order {
-        let content = (file.size <= MAX_INLINE_FILE_BYTES)
-            .then(|| std::fs::read(root.join(&file.path)).ok())
-            .flatten()
-            .filter(|bytes| !bytes.contains(&0))
-            .and_then(|bytes| String::from_utf8(bytes).ok());
-        match content {
-            Some(text) if used + text.len() <= max_bytes => {
-                used += text.len();
-                let fence = crate::dispatch::fence_for(&text);
-                out.push_str(&format!("{}\n{fence}\n{}", file.path, text));
-                if !text.ends_with('\n') {
-                    out.push('\n');
-                }
-                out.push_str(&format!("{fence}\n\n"));
-            }
-            _ => left_out.push(file.path.as_str()),
-        }
-    }
-    if !left_out.is_empty() {
-        out.push_str(&format!(
-            "Not shown (too large, binary, or over the context budget): {}\n",
-            left_out.join(", ")
-        ));
-    }
-    out
+    let fence = crate::dispatch::fence_for(task.instruction);
+    let baseline_summary = task.baseline.summary();
+    let baseline_tail = task.baseline.tail(TEST_TAIL_LINES);
+    let fill = |map: &str, files: &str| {
+        render(
+            TASK_PROMPT,
+            &[
+                ("fence", &fence),
+                ("instruction", task.instruction),
+                ("target_context", &context),
+                ("repo_map", map.trim_end()),
+                ("files", files),
+                ("test_cmd", task.test_cmd),
+                ("baseline_summary", &baseline_summary),
+                ("baseline_tail", &baseline_tail),
+            ],
+        )
+    };
+    let room = max_bytes.saturating_sub(fill("", "").len());
+    let files = context::repo_files(task.worktree);
+    let map = context::repo_map(task.worktree, &files, (room / 4).min(MAX_MAP_BYTES));
+    let inlined = context::pack_files(
+        task.worktree,
+        &files,
+        task.instruction,
+        room.saturating_sub(map.len()),
+    );
+    fill(&map, &inlined)
 }
 
 #[cfg(test)]
@@ -538,38 +673,63 @@ mod tests {
     }
 
     #[test]
-    fn packing_prefers_named_files_and_reports_what_is_left_out() {
+    fn the_first_prompt_fits_the_window() {
+        assert_eq!(prompt_bytes(None, 60_000, 2000), 76_000);
+        // A 4096-token window with 512 kept for the reply: half of 3584 tokens, in bytes,
+        // less the system prompt.
+        assert_eq!(prompt_bytes(Some(3584), 60_000, 2000), 3584 * 3 / 2 - 2000);
+        assert_eq!(prompt_bytes(Some(1_000_000), 60_000, 2000), 76_000);
+    }
+
+    fn passing_baseline() -> ExecOutcome {
+        ExecOutcome {
+            exit_code: Some(1),
+            output: "FAILED test_calc.py::test_add\n".into(),
+            timed_out: false,
+            oom_killed: false,
+            truncated_bytes: 0,
+            duration: Duration::from_millis(10),
+            timeout: Duration::from_secs(60),
+            container_killed: false,
+        }
+    }
+
+    #[test]
+    fn a_small_window_gets_a_short_map_and_a_notice_of_what_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("calc.py"),
             "def add(a, b):\n    return a - b\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("big.txt"), "x".repeat(500)).unwrap();
-        std::fs::write(dir.path().join("bin.dat"), [0u8, 1, 2]).unwrap();
-        std::fs::create_dir(dir.path().join(".git")).unwrap();
-        std::fs::write(dir.path().join(".git/config"), "secret").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
-        let files = repo_files(dir.path());
-        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(names, ["big.txt", "bin.dat", "calc.py"]);
-        let packed = pack_files(dir.path(), &files, "fix calc.py", 100);
-        assert!(packed.starts_with("calc.py\n```\ndef add"), "{packed}");
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("data{i:03}.txt")), "x".repeat(100)).unwrap();
+        }
+        let baseline = passing_baseline();
+        let task = TaskContext {
+            instruction: "fix add in calc.py",
+            target_context: None,
+            worktree: dir.path(),
+            test_cmd: "pytest",
+            baseline: &baseline,
+        };
+        let small = task_prompt(&task, 4000);
+        assert!(small.len() <= 4000 + 200, "{} bytes", small.len());
+        assert!(small.contains("calc.py (32 bytes): add"), "{small}");
         assert!(
-            packed.contains(
-                "Not shown (too large, binary, or over the context budget): bin.dat, big.txt"
-            ),
-            "{packed}"
+            small.contains("more files not listed to fit the context window"),
+            "{small}"
         );
         assert!(
-            !packed.contains("root:"),
-            "symlinked host files never reach the prompt"
+            small.contains("calc.py\n```\ndef add"),
+            "the named file is inlined first: {small}"
         );
-    }
-
-    #[test]
-    fn cap_text_marks_the_cut() {
-        assert_eq!(cap_text("abc", 10), "abc");
-        assert!(cap_text("abcdef", 3).starts_with("abc\n[... 3 more bytes"));
+        assert!(
+            small.contains("Not shown (too large, binary, or over the context budget"),
+            "{small}"
+        );
+        let large = task_prompt(&task, 200_000);
+        assert!(!large.contains("not listed"), "everything fits");
+        assert!(!large.contains("Not shown"), "everything fits");
     }
 }

@@ -33,6 +33,10 @@ pub struct Budget {
     pub same_failure_limit: u32,
     /// This many model replies in a row that change nothing in the tree is no progress.
     pub no_change_limit: u32,
+    /// Tokens all tasks sharing the journal may use per UTC day; 0: no cap.
+    pub max_tokens_per_day: u64,
+    /// Tokens of the window kept free for the model's reply (its max output tokens).
+    pub reserve_output_tokens: u64,
 }
 
 impl Budget {
@@ -46,6 +50,8 @@ impl Budget {
             max_context_bytes: agent.max_context_bytes,
             same_failure_limit: agent.same_failure_limit,
             no_change_limit: agent.no_change_limit,
+            max_tokens_per_day: agent.max_tokens_per_day,
+            reserve_output_tokens: u64::from(crate::config::LlmConfig::default().max_output_tokens),
         }
     }
 }
@@ -60,6 +66,8 @@ pub enum StopReason {
     BudgetCalls,
     /// Tokens in or out reached their cap; the detail says which.
     BudgetTokens(String),
+    /// The day's token cap, shared by every task of the runner, is used up.
+    BudgetDailyTokens(String),
     /// Every allowed test run was used and the last one failed.
     BudgetTestRuns,
     Timeout,
@@ -77,6 +85,7 @@ impl StopReason {
             StopReason::Success => "success",
             StopReason::BudgetCalls => "budget_calls",
             StopReason::BudgetTokens(_) => "budget_tokens",
+            StopReason::BudgetDailyTokens(_) => "budget_daily_tokens",
             StopReason::BudgetTestRuns => "budget_test_runs",
             StopReason::Timeout => "timeout",
             StopReason::Loop(_) => "loop",
@@ -94,6 +103,11 @@ impl StopReason {
             ),
             StopReason::BudgetTokens(detail) => {
                 format!("the tests still fail and the token budget is used up: {detail}")
+            }
+            StopReason::BudgetDailyTokens(detail) => {
+                format!(
+                    "the runner's daily token cap is used up ({detail}); the task can be retried tomorrow or with a higher agent.max_tokens_per_day"
+                )
             }
             StopReason::BudgetTestRuns => format!(
                 "the tests still fail after {} test runs (the test-run budget)",
@@ -130,6 +144,16 @@ pub fn tokens_exhausted(used: &Usage, budget: &Budget) -> Option<StopReason> {
         )));
     }
     None
+}
+
+/// Checked before each model call, with the day's total of every task sharing the journal.
+pub fn daily_tokens_exhausted(used_today: u64, budget: &Budget) -> Option<StopReason> {
+    (budget.max_tokens_per_day > 0 && used_today >= budget.max_tokens_per_day).then(|| {
+        StopReason::BudgetDailyTokens(format!(
+            "{used_today} tokens used today (UTC) of {} allowed",
+            budget.max_tokens_per_day
+        ))
+    })
 }
 
 /// Checked after a failing test run: asking the model again is pointless when its answer
@@ -397,6 +421,8 @@ pub enum Repetition {
     Undo { back_to: usize },
     /// This many replies in a row changed nothing.
     NoChange { turns: u32 },
+    /// The same exploration actions as in an earlier reply.
+    SameExploration { first_turn: u32 },
 }
 
 impl Repetition {
@@ -418,6 +444,11 @@ impl Repetition {
             ),
             Repetition::NoChange { turns } => {
                 format!("{turns} replies in a row changed no file")
+            }
+            Repetition::SameExploration { first_turn } => {
+                format!(
+                    "the same look at the files was already asked for in reply {first_turn}; its result is above"
+                )
             }
         }
     }
@@ -444,9 +475,15 @@ pub struct LoopDetector {
     proposals: HashMap<Digest, u32>,
     last_failure: Option<(FailureSignature, u32)>,
     no_change_streak: u32,
+    explorations: HashMap<Digest, u32>,
+    explore_streak: u32,
     pub tree: TreeHistory,
     found: Vec<Repetition>,
 }
+
+/// Replies that only explore may run this many times longer than idle replies before
+/// they count as no progress: looking is useful, but not forever.
+const EXPLORE_TURNS_PER_IDLE_TURN: u32 = 3;
 
 impl LoopDetector {
     pub fn new(budget: &Budget) -> LoopDetector {
@@ -457,6 +494,8 @@ impl LoopDetector {
             proposals: HashMap::new(),
             last_failure: None,
             no_change_streak: 0,
+            explorations: HashMap::new(),
+            explore_streak: 0,
             tree: TreeHistory::default(),
             found: Vec::new(),
         }
@@ -476,8 +515,27 @@ impl LoopDetector {
         }
     }
 
+    /// A reply that only explored (no edits), with its actions as a canonical text.
+    pub fn explored(&mut self, turn: u32, actions: &str) {
+        let key = digest(actions.as_bytes());
+        match self.explorations.get(&key) {
+            Some(&first_turn) => self.found.push(Repetition::SameExploration { first_turn }),
+            None => {
+                self.explorations.insert(key, turn);
+            }
+        }
+        self.explore_streak += 1;
+        let limit = self.no_change_limit * EXPLORE_TURNS_PER_IDLE_TURN;
+        if self.explore_streak >= limit {
+            self.found.push(Repetition::NoChange {
+                turns: self.explore_streak,
+            });
+        }
+    }
+
     /// An applied edit and where it left the tree.
     pub fn tree_changed(&mut self, change: TreeChange) {
+        self.explore_streak = 0;
         match change {
             TreeChange::New(_) => self.no_change_streak = 0,
             TreeChange::Same => self.idle(),
@@ -593,6 +651,61 @@ mod tests {
     }
 
     #[test]
+    fn the_daily_cap_counts_every_task_of_the_day() {
+        let off = budget();
+        assert_eq!(off.max_tokens_per_day, 0);
+        assert_eq!(daily_tokens_exhausted(u64::MAX, &off), None, "0 is no cap");
+        let b = Budget {
+            max_tokens_per_day: 5000,
+            ..budget()
+        };
+        assert_eq!(daily_tokens_exhausted(4999, &b), None);
+        let stop = daily_tokens_exhausted(5000, &b).unwrap();
+        assert_eq!(stop.code(), "budget_daily_tokens");
+        assert!(
+            stop.describe(&b)
+                .contains("5000 tokens used today (UTC) of 5000"),
+            "{stop:?}"
+        );
+        assert!(
+            stop.describe(&b).contains("agent.max_tokens_per_day"),
+            "{stop:?}"
+        );
+    }
+
+    #[test]
+    fn exploring_is_allowed_longer_than_idling_but_not_forever_nor_twice_the_same() {
+        let b = Budget {
+            no_change_limit: 2,
+            ..budget()
+        };
+        let mut d = LoopDetector::new(&b);
+        d.explored(1, "list_dir .");
+        d.explored(2, "read_file a.py");
+        d.explored(3, "search add");
+        d.explored(4, "read_file b.py");
+        d.explored(5, "read_file c.py");
+        assert_eq!(d.verdict(), Verdict::Continue, "five different looks");
+        d.explored(6, "read_file a.py");
+        let Verdict::Nudge(found) = d.verdict() else {
+            panic!("the same exploration and six looks in a row")
+        };
+        assert_eq!(
+            found,
+            [
+                Repetition::SameExploration { first_turn: 2 },
+                Repetition::NoChange { turns: 6 }
+            ]
+        );
+        assert!(found[0].describe().contains("reply 2"));
+        d.tree_changed(TreeChange::New(1));
+        d.explored(8, "list_dir src");
+        assert_eq!(d.verdict(), Verdict::Continue, "an edit restarts the count");
+        d.explored(9, "list_dir src");
+        assert!(matches!(d.verdict(), Verdict::Stop(StopReason::Loop(_))));
+    }
+
+    #[test]
     fn every_stop_reason_has_its_code_and_the_wording_failure_comments_use() {
         let b = Budget {
             max_iterations: 2,
@@ -602,6 +715,10 @@ mod tests {
             (StopReason::Success, "success"),
             (StopReason::BudgetCalls, "budget_calls"),
             (StopReason::BudgetTokens("x".into()), "budget_tokens"),
+            (
+                StopReason::BudgetDailyTokens("x".into()),
+                "budget_daily_tokens",
+            ),
             (StopReason::BudgetTestRuns, "budget_test_runs"),
             (StopReason::Timeout, "timeout"),
             (StopReason::Loop("x".into()), "loop"),

@@ -89,6 +89,40 @@ pub fn render(jsonl: &str) -> String {
                 out.push_str(&format!("  baseline: {}\n", test_line(data)));
             }
             "prompt" => {}
+            "probe" => {
+                let tokens = data["context_tokens"]
+                    .as_u64()
+                    .map_or("unknown".into(), |t| format!("{t} tokens"));
+                out.push_str(&format!(
+                    "  probe:    context window {tokens}; exploration by {} actions\n",
+                    if data["protocol"] == "native" {
+                        "native tool-call"
+                    } else {
+                        "text"
+                    }
+                ));
+            }
+            "context_fit" => {
+                out.push_str(&format!(
+                    "  context:  {} earlier messages left out to fit the window\n",
+                    data["left_out_messages"].as_u64().unwrap_or(0)
+                ));
+            }
+            "actions" => {
+                for result in data["results"].as_array().into_iter().flatten() {
+                    let output = str_of(&result["output"]);
+                    let lines = output.lines().count();
+                    let verdict = if result["ok"] == false {
+                        abridge(output, 120)
+                    } else {
+                        format!("{lines} lines")
+                    };
+                    out.push_str(&format!(
+                        "  looked:   {} → {verdict}\n",
+                        abridge(str_of(&result["request"]), 100)
+                    ));
+                }
+            }
             "reply" => {
                 out.push_str(&format!(
                     "\nTurn {} ({} tokens in, {} out, {:.1} s)\n",
@@ -140,13 +174,14 @@ pub fn render(jsonl: &str) -> String {
                 }
                 if data.get("calls").is_some() {
                     out.push_str(&format!(
-                        "Totals:  {} model calls, {} tokens in, {} out, {} test runs after the baseline, {} edit sets applied, {} rejected, {:.1} s ({:.1} s waiting for the model)\n",
+                        "Totals:  {} model calls, {} tokens in, {} out, {} test runs after the baseline, {} edit sets applied, {} rejected, {} actions, {:.1} s ({:.1} s waiting for the model)\n",
                         data["calls"].as_u64().unwrap_or(0),
                         data["tokens_in"].as_u64().unwrap_or(0),
                         data["tokens_out"].as_u64().unwrap_or(0),
                         data["test_runs"].as_u64().unwrap_or(0),
                         data["edits_applied"].as_u64().unwrap_or(0),
                         data["edits_rejected"].as_u64().unwrap_or(0),
+                        data["actions"].as_u64().unwrap_or(0),
                         data["seconds"].as_f64().unwrap_or(0.0),
                         data["llm_seconds"].as_f64().unwrap_or(0.0),
                     ));

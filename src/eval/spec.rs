@@ -4,14 +4,14 @@
 //! replay:<dir>[,name=<name>]
 //!     replays <dir>/<task>.jsonl for each task (the JSONL format of `--record`)
 //! openai:<model>[@<base_url>][,name=<name>][,temperature=<t>][,max_output_tokens=<n>]
-//!       [,timeout=<secs>][,key_env=<VAR>]
+//!       [,timeout=<secs>][,key_env=<VAR>][,context_tokens=<n>][,tools=auto|native|text]
 //!     any OpenAI-compatible server; without @<base_url>, LLM_BASE_URL / llm.base_url;
 //!     the key from the environment variable VAR, else LLM_API_KEY / llm.api_key
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{LlmConfig, Secret};
+use crate::config::{LlmConfig, Secret, ToolProtocol};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
@@ -23,6 +23,10 @@ pub struct ModelSpec {
     pub timeout_secs: Option<u64>,
     /// The environment variable that holds this model's API key.
     pub key_env: Option<String>,
+    /// The context window, instead of the probe's answer.
+    pub context_tokens: Option<u64>,
+    /// How the model explores, instead of the probe's verdict.
+    pub tool_protocol: Option<ToolProtocol>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,7 @@ pub enum ModelKind {
     },
 }
 
-pub const SPEC_HELP: &str = "use `replay:<dir>` (one <task>.jsonl per task) or `openai:<model>[@<base_url>]`, optionally followed by `,name=<name>`, and for openai `,temperature=<t>`, `,max_output_tokens=<n>`, `,timeout=<secs>`, `,key_env=<VAR>`";
+pub const SPEC_HELP: &str = "use `replay:<dir>` (one <task>.jsonl per task) or `openai:<model>[@<base_url>]`, optionally followed by `,name=<name>`, and for openai `,temperature=<t>`, `,max_output_tokens=<n>`, `,timeout=<secs>`, `,key_env=<VAR>`, `,context_tokens=<n>`, `,tools=auto|native|text`";
 
 #[derive(Debug, thiserror::Error)]
 #[error("--model {spec:?}: {message}")]
@@ -93,6 +97,8 @@ impl ModelSpec {
             max_output_tokens: None,
             timeout_secs: None,
             key_env: None,
+            context_tokens: None,
+            tool_protocol: None,
         };
         let is_replay = matches!(out.kind, ModelKind::Replay { .. });
         for option in parts {
@@ -136,6 +142,22 @@ impl ModelSpec {
                             .ok()
                             .filter(|n| *n > 0)
                             .ok_or_else(|| bad("a positive number of seconds"))?,
+                    )
+                }
+                "context_tokens" => {
+                    out.context_tokens = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| bad("a positive whole number of tokens"))?,
+                    )
+                }
+                "tools" => {
+                    out.tool_protocol = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(&format!("one of {}", ToolProtocol::ALLOWED)))?,
                     )
                 }
                 "key_env" if !value.is_empty() => out.key_env = Some(value.to_string()),
@@ -185,6 +207,12 @@ impl ModelSpec {
                 }
                 if let Some(secs) = self.timeout_secs {
                     llm.request_timeout_secs = secs;
+                }
+                if let Some(n) = self.context_tokens {
+                    llm.context_tokens = Some(n);
+                }
+                if let Some(protocol) = self.tool_protocol {
+                    llm.tool_protocol = protocol;
                 }
                 if let Some(var) = &self.key_env {
                     let key = env(var)
@@ -261,6 +289,27 @@ mod tests {
                 s.timeout_secs
             ),
             ("qwen", Some(0.2), Some(2048), Some(60))
+        );
+        let s = ModelSpec::parse(
+            "openai:smollm2@http://127.0.0.1:8080/v1,context_tokens=4096,tools=text",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.context_tokens, s.tool_protocol),
+            (Some(4096), Some(ToolProtocol::Text))
+        );
+        let mut llm = LlmConfig::default();
+        s.configure(&mut llm, "t", None, &|_| None).unwrap();
+        assert_eq!(
+            (llm.context_tokens, llm.tool_protocol),
+            (Some(4096), ToolProtocol::Text)
+        );
+        let bad = ModelSpec::parse("openai:m,tools=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("`tools` must be one of `auto`, `native` or `text`"),
+            "{bad}"
         );
         let s = ModelSpec::parse("openai:gpt-4o").unwrap();
         assert_eq!(s.name, "openai:gpt-4o");

@@ -17,6 +17,11 @@ use super::container::Sandbox;
 /// The user commands run as (the image's `sandbox` user).
 pub(crate) const EXEC_USER: &str = "10001:10001";
 
+/// The user exploration commands run as: not the owner of any workspace file and not
+/// PID 1's uid, so it can read the tree but not change it, and `kill -9 -1` as this user
+/// touches nothing else.
+pub(crate) const READ_ONLY_USER: &str = "10002:10002";
+
 /// How much longer than the in-container `timeout` the host waits for the output stream
 /// to close before it kills the process tree itself.
 const HOST_GRACE: Duration = Duration::from_secs(3);
@@ -277,6 +282,24 @@ impl Sandbox {
         command: &str,
         timeout: Duration,
     ) -> Result<ExecOutcome, SandboxError> {
+        self.exec_as(command, timeout, EXEC_USER).await
+    }
+
+    /// Runs a command that can read the workspace but not change it (another uid than the
+    /// files' owner), under the same timeout, kill and output rules as [`Sandbox::exec`]:
+    /// the model's exploration commands, which must not make the container's tree differ
+    /// from the host's.
+    pub async fn exec_read_only(&self, command: &str) -> Result<ExecOutcome, SandboxError> {
+        self.exec_as(command, self.limits.command_timeout, READ_ONLY_USER)
+            .await
+    }
+
+    async fn exec_as(
+        &self,
+        command: &str,
+        timeout: Duration,
+        user: &str,
+    ) -> Result<ExecOutcome, SandboxError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(&self.in_flight);
         let secs = format!("{:.3}", timeout.as_secs_f64().max(0.001));
@@ -297,7 +320,7 @@ impl Sandbox {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     cmd: Some(cmd),
-                    user: Some(EXEC_USER),
+                    user: Some(user),
                     working_dir: Some("/workspace"),
                     ..Default::default()
                 },
@@ -332,7 +355,7 @@ impl Sandbox {
                     if let Some(pgid) = report.pgid() {
                         let pgid = pgid.to_string();
                         let kill = ["sh", "-c", r#"kill -9 "-$1""#, "kill", pgid.as_str()];
-                        let _ = self.run_internal(&kill, EXEC_USER).await;
+                        let _ = self.run_internal(&kill, user).await;
                     }
                     if tokio::time::timeout(Duration::from_secs(1), &mut reading)
                         .await
@@ -340,7 +363,7 @@ impl Sandbox {
                     {
                         tracing::warn!(container = %self.id, "output still open; killing every process of the sandbox user");
                         // PID 1 (docker-init + sleep) runs as another uid, so it survives.
-                        let _ = self.run_internal(&["kill", "-9", "-1"], EXEC_USER).await;
+                        let _ = self.run_internal(&["kill", "-9", "-1"], user).await;
                         if tokio::time::timeout(Duration::from_secs(3), &mut reading)
                             .await
                             .is_err()
@@ -381,7 +404,8 @@ impl Sandbox {
         // A non-zero exit may hide an OOM kill of a child (e.g. `make` exits 2 when the
         // compiler it ran was killed): check the cgroup counter then too.
         let killed = exit_code == Some(137) || timed_out;
-        let oom_killed = exit_code != Some(0) && !container_killed && self.check_oom(killed).await;
+        let oom_killed =
+            exit_code != Some(0) && !container_killed && self.check_oom(killed, user).await;
         if !timed_out && exit_code == Some(137) && !oom_killed {
             // `timeout -s KILL` dies of its own SIGKILL at the deadline: exit 137.
             timed_out = duration + Duration::from_millis(50) >= timeout;
@@ -403,7 +427,7 @@ impl Sandbox {
     /// last check. With `sweep` (after a SIGKILL: timeout or OOM), and unless another command
     /// is running, also kills every leftover process of the sandbox user (e.g. one that
     /// escaped the process group with `setsid`); PID 1 runs as another uid and survives.
-    async fn check_oom(&self, sweep: bool) -> bool {
+    async fn check_oom(&self, sweep: bool, user: &str) -> bool {
         let sweep = if sweep && self.in_flight.load(Ordering::SeqCst) <= 1 {
             "; kill -9 -1 2>/dev/null"
         } else {
@@ -412,7 +436,7 @@ impl Sandbox {
         let script = format!(
             "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null{sweep}; true"
         );
-        if let Ok((_, text)) = self.run_internal(&["sh", "-c", &script], EXEC_USER).await
+        if let Ok((_, text)) = self.run_internal(&["sh", "-c", &script], user).await
             && let Some(count) = parse_oom_kills(&text)
         {
             let mut seen = self

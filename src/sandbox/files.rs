@@ -212,6 +212,35 @@ fn header_for(meta: &Metadata, kind: tar::EntryType) -> tar::Header {
     h
 }
 
+/// A PAX record (`"<len> key=value\n"`, where `len` counts the whole record, itself included).
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while len != body.len() + len.to_string().len() {
+        len = body.len() + len.to_string().len();
+    }
+    format!("{len}{body}")
+}
+
+/// The tar header holds whole seconds only. A file copied with its mtime cut to the second
+/// can look older than what `make` built from it in that same second, so make would skip
+/// the rebuild and test a stale binary: a PAX header carries the nanoseconds too.
+fn append_precise_mtime<W: Write>(
+    builder: &mut tar::Builder<W>,
+    meta: &Metadata,
+) -> Result<(), SandboxError> {
+    let record = pax_record(
+        "mtime",
+        &format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()),
+    );
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(record.len() as u64);
+    builder.append_data(&mut h, "././@PaxHeader", record.as_bytes())?;
+    Ok(())
+}
+
 /// Appends one entry (not recursive). `meta` comes from `symlink_metadata`.
 fn append_one<W: Write>(
     builder: &mut tar::Builder<W>,
@@ -245,6 +274,7 @@ fn append_one<W: Write>(
             });
         }
         let size = opened.len();
+        append_precise_mtime(builder, &opened)?;
         let mut h = header_for(&opened, tar::EntryType::Regular);
         h.set_size(size);
         // Pad with zeros if the file shrinks meanwhile, so the archive stays well-formed.
@@ -260,6 +290,17 @@ fn append_one<W: Write>(
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        assert_eq!(pax_record("mtime", "1.5"), "13 mtime=1.5\n");
+        let r = pax_record("mtime", "1764000000.123456789");
+        assert_eq!(r, "30 mtime=1764000000.123456789\n");
+        assert_eq!(r.len(), 30);
+        // Where the length gains a digit.
+        let r = pax_record("k", &"v".repeat(93));
+        assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());
+    }
 
     fn entries(bytes: &[u8]) -> Vec<(String, tar::EntryType, u64, Option<String>)> {
         let mut out = Vec::new();

@@ -17,6 +17,7 @@ mod fake;
 mod fixtures;
 mod git_http;
 mod json;
+pub mod llama;
 mod rest;
 
 pub use fake::{
@@ -26,3 +27,4 @@ pub use fixtures::{
     branch_commit_message, branch_files, branch_names, dispatch_body, make_bare_repo, push_commit,
     serve_calculator,
 };
+pub use llama::LlamaServer;

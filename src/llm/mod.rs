@@ -5,18 +5,17 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use async_openai::config::OpenAIConfig;
-use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
-    CreateChatCompletionRequestArgs,
-};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlmConfig;
+pub use crate::config::ToolProtocol;
+
+mod openai;
+mod probe;
+
+pub use openai::OpenAiModel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +99,21 @@ pub struct Capabilities {
     pub context_tokens: Option<u64>,
 }
 
+/// Whether the agent asks this model for actions with native tool calls.
+///
+/// The rule: native only when the configuration forces it (`tool_protocol = "native"`), or
+/// when it is `auto` and the preflight probe saw the model make a tool call
+/// (`native_tools == Some(true)`). Otherwise (`text`, a model that answered in prose or
+/// refused the tools, or a probe that could not tell) the plain-text action protocol,
+/// which works with any model.
+pub fn tool_protocol_is_native(configured: ToolProtocol, probed: &Capabilities) -> bool {
+    match configured {
+        ToolProtocol::Native => true,
+        ToolProtocol::Text => false,
+        ToolProtocol::Auto => probed.native_tools == Some(true),
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -176,121 +190,6 @@ pub fn from_config(config: &LlmConfig) -> Result<Box<dyn ChatModel>, LlmError> {
     match &config.record_file {
         Some(path) => Ok(Box::new(Recorder::create(model, path)?)),
         None => Ok(model),
-    }
-}
-
-/// Any server that speaks OpenAI's chat-completions API: OpenAI, vLLM, Ollama, llama.cpp.
-pub struct OpenAiModel {
-    client: async_openai::Client<OpenAIConfig>,
-    base_url: String,
-    model: String,
-    max_output_tokens: u32,
-    temperature: f32,
-    timeout: Duration,
-}
-
-impl OpenAiModel {
-    pub fn new(config: &LlmConfig) -> OpenAiModel {
-        let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
-        // Local servers need no key; sending a placeholder keeps strict proxies happy.
-        let key = config
-            .api_key
-            .as_ref()
-            .map(|k| k.expose())
-            .unwrap_or("none");
-        openai = openai.with_api_key(key);
-        OpenAiModel {
-            client: async_openai::Client::with_config(openai),
-            base_url: config.base_url.clone(),
-            model: config.model.clone(),
-            max_output_tokens: config.max_output_tokens,
-            temperature: config.temperature,
-            timeout: Duration::from_secs(config.request_timeout_secs),
-        }
-    }
-
-    fn request_error(&self, message: impl Into<String>) -> LlmError {
-        LlmError::Request {
-            base_url: self.base_url.clone(),
-            message: message.into(),
-        }
-    }
-
-    async fn call(&self, messages: &[Message]) -> Result<Completion, LlmError> {
-        let request_messages = messages
-            .iter()
-            .map(to_openai_message)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.request_error(e.to_string()))?;
-        let request = CreateChatCompletionRequestArgs::default()
-            .model(&self.model)
-            .messages(request_messages)
-            .max_completion_tokens(self.max_output_tokens)
-            .temperature(self.temperature)
-            .build()
-            .map_err(|e| self.request_error(e.to_string()))?;
-        let response = tokio::time::timeout(self.timeout, self.client.chat().create(request))
-            .await
-            .map_err(|_| LlmError::Timeout {
-                base_url: self.base_url.clone(),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(|e| self.request_error(e.to_string()))?;
-        let content = response
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .unwrap_or_default();
-        let usage = response
-            .usage
-            .map(|u| Usage {
-                prompt_tokens: u64::from(u.prompt_tokens),
-                completion_tokens: u64::from(u.completion_tokens),
-            })
-            .unwrap_or_else(|| estimate_usage(messages, &content));
-        Ok(Completion {
-            content,
-            usage,
-            tool_calls: Vec::new(),
-        })
-    }
-}
-
-fn to_openai_message(
-    m: &Message,
-) -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
-    Ok(match m.role {
-        Role::System => ChatCompletionRequestSystemMessageArgs::default()
-            .content(m.content.as_str())
-            .build()?
-            .into(),
-        Role::User => ChatCompletionRequestUserMessageArgs::default()
-            .content(m.content.as_str())
-            .build()?
-            .into(),
-        Role::Assistant => ChatCompletionRequestAssistantMessageArgs::default()
-            .content(m.content.as_str())
-            .build()?
-            .into(),
-        // Native tool calls are not sent yet: a tool result goes back as user text.
-        Role::Tool => ChatCompletionRequestUserMessageArgs::default()
-            .content(m.content.as_str())
-            .build()?
-            .into(),
-    })
-}
-
-impl ChatModel for OpenAiModel {
-    fn describe(&self) -> String {
-        format!("{} at {}", self.model, self.base_url)
-    }
-    fn complete<'a>(
-        &'a self,
-        messages: &'a [Message],
-        _tools: &'a [ToolSpec],
-    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
-        Box::pin(self.call(messages))
     }
 }
 
@@ -495,6 +394,23 @@ mod tests {
         std::fs::write(&path, "{\"reply\": \"ok\"}\nnot json\n").unwrap();
         let err = ReplayModel::load(&path).err().unwrap();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn native_tools_only_when_forced_or_probed_yes() {
+        let probed = |native_tools| Capabilities {
+            native_tools,
+            context_tokens: None,
+        };
+        for native_tools in [None, Some(false), Some(true)] {
+            let caps = probed(native_tools);
+            assert!(tool_protocol_is_native(ToolProtocol::Native, &caps));
+            assert!(!tool_protocol_is_native(ToolProtocol::Text, &caps));
+            assert_eq!(
+                tool_protocol_is_native(ToolProtocol::Auto, &caps),
+                native_tools == Some(true)
+            );
+        }
     }
 
     #[tokio::test]
