@@ -77,6 +77,13 @@ impl Run {
             .collect()
     }
 
+    /// `agent-runner transcript <task-id>` of this run.
+    async fn show_transcript(&self) -> Output {
+        let path = self.transcript_path();
+        let task_id = path.file_stem().unwrap().to_string_lossy();
+        self.again(&["transcript", &task_id]).await
+    }
+
     /// Runs the binary again in the same world (state dir, HOME).
     async fn again(&self, args: &[&str]) -> Output {
         command(self.tmp.path(), args).output().await.unwrap()
@@ -265,13 +272,7 @@ async fn an_edit_that_undoes_the_previous_one_is_nudged_then_stopped_and_the_tra
         "{text}"
     );
 
-    let task_id = run
-        .transcript_path()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let shown = run.again(&["transcript", &task_id]).await;
+    let shown = run.show_transcript().await;
     assert_eq!(shown.status.code(), Some(0), "{shown:?}");
     let page = String::from_utf8_lossy(&shown.stdout);
     for expected in [
@@ -351,13 +352,7 @@ async fn the_model_looks_around_with_text_actions_then_fixes() {
     let stop = &transcript_events(&run, "stop")[0];
     assert_eq!(stop["actions"], 5, "{stop}");
     // People see what the model looked at.
-    let task_id = run
-        .transcript_path()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let shown = run.again(&["transcript", &task_id]).await;
+    let shown = run.show_transcript().await;
     let page = String::from_utf8_lossy(&shown.stdout);
     for expected in [
         "  probe:    context window unknown; exploration by text actions\n",
