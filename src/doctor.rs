@@ -114,7 +114,12 @@ pub async fn run(config: &Config) -> Vec<Check> {
     };
     checks.extend(image_checks(config, docker.as_ref()).await);
     checks.extend(github_checks(config).await);
-    checks.push(llm_check(config).await);
+    let model = llm_check(config).await;
+    let served = model.level == Level::Ok && config.llm.provider == "openai";
+    checks.push(model);
+    if served {
+        checks.push(window_check(config).await);
+    }
     checks.push(journal_check(&config.state_dir));
     let redactor = config.redactor();
     for check in &mut checks {
@@ -531,6 +536,40 @@ async fn llm_check(config: &Config) -> Check {
             ),
             "set LLM_MODEL to a served model id, or load the model into the server (e.g. `ollama pull MODEL`).",
         )
+    }
+}
+
+/// Below this many tokens, a window holds little of a repository.
+const SMALL_WINDOW_TOKENS: u64 = 8192;
+
+/// What the preflight probe sees: the context window prompts are packed to, and whether
+/// the model explores with native tool calls or text actions.
+async fn window_check(config: &Config) -> Check {
+    const NAME: &str = "model window";
+    let found = crate::llm::ChatModel::probe(&crate::llm::OpenAiModel::new(&config.llm)).await;
+    let tools = match found.native_tools {
+        Some(true) => "explores with native tool calls",
+        Some(false) => "explores with text actions (no native tool call when offered one)",
+        None => "explores with text actions (tool-call support unknown)",
+    };
+    let where_set = "serve the model with a larger window (Ollama `num_ctx`, vLLM `--max-model-len`, llama.cpp `-c`) and, if the server does not report it, set LLM_CONTEXT_TOKENS to it.";
+    match found.context_tokens {
+        None => Check::warn(
+            NAME,
+            format!(
+                "the server does not report {}'s context window; {tools}",
+                config.llm.model
+            ),
+            "set LLM_CONTEXT_TOKENS to the model's window, so prompts are packed to fit it instead of to agent.max_context_bytes.",
+        ),
+        Some(n) if n < SMALL_WINDOW_TOKENS => Check::warn(
+            NAME,
+            format!(
+                "context window {n} tokens is small: the first prompt gets about half of it; {tools}"
+            ),
+            where_set,
+        ),
+        Some(n) => Check::ok(NAME, format!("context window {n} tokens; {tools}")),
     }
 }
 

@@ -81,7 +81,7 @@ async fn serve_models() -> String {
                 return (StatusCode::UNAUTHORIZED, "{}".to_string());
             }
             let body = serde_json::json!({"object": "list", "data": [
-                {"id": MODEL, "object": "model", "created": 0, "owned_by": "me"},
+                {"id": MODEL, "object": "model", "created": 0, "owned_by": "me", "max_model_len": 32768},
                 {"id": "other-model", "object": "model", "created": 0, "owned_by": "me"},
             ]});
             (StatusCode::OK, body.to_string())
@@ -119,8 +119,34 @@ async fn healthy_setup_passes() {
     ] {
         assert!(line(&out, name).starts_with("ok "), "{name}:\n{out}");
     }
+    assert!(
+        line(&out, "model window").starts_with("ok ")
+            && line(&out, "model window")
+                .contains("context window 32768 tokens; explores with text actions"),
+        "{out}"
+    );
     // The image is present or buildable here: ok or a warning, never a failure.
     assert!(!line(&out, "sandbox image").starts_with("FAIL"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_context_window_warns_with_where_to_set_it() {
+    let world = World::new().await;
+    let (output, out) = world.doctor(&[("LLM_CONTEXT_TOKENS", "2048")]).await;
+    assert!(
+        output.status.success(),
+        "a warning is not a failure:\n{out}"
+    );
+    let window = line(&out, "model window");
+    assert!(window.starts_with("warn"), "{out}");
+    assert!(
+        window.contains("context window 2048 tokens is small"),
+        "{out}"
+    );
+    assert!(
+        out.contains("num_ctx") && out.contains("--max-model-len"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
