@@ -263,6 +263,9 @@ pub enum SandboxCommand {
     /// Build the default sandbox image from Debian packages (no registry needed); its base
     /// image is also tagged agent-runner-base:latest, the runner image's starting point.
     Build,
+    /// Remove the sandbox and base images of other recipes (never the current ones, nor
+    /// images a container still uses).
+    Prune,
 }
 
 /// A failure the user must act on, with the exit code it maps to.
@@ -316,6 +319,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             allow_workflows,
         }) => patch_apply(dir, &patch, dry_run, json, allow_workflows),
         Command::Sandbox(SandboxCommand::Build) => sandbox_build().await,
+        Command::Sandbox(SandboxCommand::Prune) => sandbox_prune().await,
         Command::Dispatch(DispatchArgs {
             command: Some(DispatchCommand::Check { issue_file, .. }),
             ..
@@ -792,6 +796,28 @@ async fn doctor(config: &Config) -> Result<ExitCode, Failure> {
     })
 }
 
+async fn sandbox_prune() -> Result<ExitCode, Failure> {
+    let docker = crate::sandbox::connect().await.map_err(Failure::task)?;
+    let pruned = crate::sandbox::prune_images(&docker)
+        .await
+        .map_err(Failure::task)?;
+    for (tag, bytes) in &pruned.removed {
+        println!("removed {tag} ({} MB)", bytes / 1_000_000);
+    }
+    for (tag, why) in &pruned.kept {
+        println!("kept {tag}: {why}");
+    }
+    let freed: i64 = pruned.removed.iter().map(|(_, b)| b).sum();
+    println!(
+        "{} images removed (up to {} MB; layers shared with kept images stay), {} kept; current: {}",
+        pruned.removed.len(),
+        freed / 1_000_000,
+        pruned.kept.len(),
+        crate::sandbox::default_image_tag()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn sandbox_build() -> Result<ExitCode, Failure> {
     let docker = crate::sandbox::connect().await.map_err(Failure::task)?;
     let tag = crate::sandbox::ensure_default_image(&docker, &mut |line: &str| eprintln!("{line}"))
@@ -806,6 +832,20 @@ async fn sandbox_build() -> Result<ExitCode, Failure> {
         "base image {base} is also tagged {} (the runner image's BASE_IMAGE)",
         crate::sandbox::BASE_IMAGE_LATEST
     );
+    if let Ok(images) = docker
+        .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+        .await
+    {
+        let tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).collect();
+        let old = crate::sandbox::superseded_tags(&tags);
+        if !old.is_empty() {
+            eprintln!(
+                "{} images of other recipes (other agent-runner versions) remain ({}); `agent-runner sandbox prune` removes them",
+                old.len(),
+                old.join(", ")
+            );
+        }
+    }
     println!("{tag}");
     Ok(ExitCode::SUCCESS)
 }

@@ -66,9 +66,13 @@ impl GitHubError {
     }
 }
 
+/// What to check, after GitHub's own message; the same for token and App credentials, since
+/// an error does not know which were used.
 fn hint_for(status: u16) -> &'static str {
     match status {
-        401 => ". Check GITHUB_TOKEN: it is missing, expired or revoked",
+        401 => {
+            ". Check the credentials: GITHUB_TOKEN is missing, expired or revoked, or (with a GitHub App) GITHUB_APP_ID, GITHUB_APP_INSTALLATION_ID or the private key does not match the app"
+        }
         403 => {
             ". The token lacks a permission (issues, contents and pull requests need write access) or a rate limit was hit"
         }

@@ -269,6 +269,40 @@ fn read_only_commands_read_the_tree_but_cannot_change_it() {
 }
 
 #[test]
+fn prune_removes_images_of_other_recipes_and_keeps_the_current_one() {
+    run(
+        "prune_removes_images_of_other_recipes_and_keeps_the_current_one",
+        async {
+            let env = env().await;
+            let current = sandbox::default_image_tag();
+            let old = format!("agent-runner-sandbox:prunetest{}", std::process::id());
+            let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+                .repo("agent-runner-sandbox")
+                .tag(old.split(':').nth(1).unwrap())
+                .build();
+            env.docker.tag_image(&current, Some(options)).await.unwrap();
+            let pruned = sandbox::prune_images(&env.docker).await.unwrap();
+            assert!(pruned.removed.iter().any(|(t, _)| *t == old), "{pruned:?}");
+            assert!(
+                env.docker.inspect_image(&old).await.is_err(),
+                "{old} is gone"
+            );
+            assert!(
+                env.docker.inspect_image(&current).await.is_ok(),
+                "{current} stays"
+            );
+            assert!(
+                env.docker
+                    .inspect_image(&sandbox::base_image_tag())
+                    .await
+                    .is_ok(),
+                "the current base stays"
+            );
+        },
+    );
+}
+
+#[test]
 fn read_only_commands_are_killed_at_the_command_timeout() {
     run(
         "read_only_commands_are_killed_at_the_command_timeout",

@@ -15,7 +15,8 @@ use std::process::Stdio;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -97,6 +98,68 @@ pub async fn tag_base_image_latest(docker: &Docker) -> Result<String, SandboxErr
         .build();
     docker.tag_image(&base, Some(options)).await?;
     Ok(base)
+}
+
+/// Tags of sandbox and base images this binary does not use: built from other recipes.
+pub fn superseded_tags(tags: &[String]) -> Vec<String> {
+    let current = [
+        default_image_tag(),
+        base_image_tag(),
+        BASE_IMAGE_LATEST.to_string(),
+    ];
+    tags.iter()
+        .filter(|t| {
+            (t.starts_with(&format!("{IMAGE_REPO}:")) || t.starts_with(&format!("{BASE_REPO}:")))
+                && !current.contains(t)
+        })
+        .cloned()
+        .collect()
+}
+
+/// What [`prune_images`] did: tags removed (with the bytes they held), and tags kept with why.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub removed: Vec<(String, i64)>,
+    pub kept: Vec<(String, String)>,
+}
+
+/// Removes the sandbox and base images of other recipes (each recipe change builds new
+/// ones, and the old never go by themselves). The current images stay, and so does any
+/// image a container still uses or another image is built on: Docker refuses those.
+/// Sandbox images go first, so the base images they were built on can go after them.
+pub async fn prune_images(docker: &Docker) -> Result<Pruned, SandboxError> {
+    let filters = HashMap::from([(
+        "reference".to_string(),
+        vec![format!("{IMAGE_REPO}"), format!("{BASE_REPO}")],
+    )]);
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    let size_of = |tag: &str| {
+        images
+            .iter()
+            .find(|i| i.repo_tags.iter().any(|t| t == tag))
+            .map_or(0, |i| i.size)
+    };
+    let all: Vec<String> = images.iter().flat_map(|i| i.repo_tags.clone()).collect();
+    let mut stale = superseded_tags(&all);
+    stale.sort_by_key(|t| t.starts_with(&format!("{BASE_REPO}:")));
+    let mut pruned = Pruned::default();
+    for tag in stale {
+        let options = RemoveImageOptionsBuilder::default().build();
+        match docker.remove_image(&tag, Some(options), None).await {
+            Ok(_) => pruned.removed.push((tag.clone(), size_of(&tag))),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                pruned.kept.push((tag, message))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pruned)
 }
 
 async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, SandboxError> {
@@ -429,6 +492,27 @@ async fn forward_lines<R: AsyncRead + Unpin>(r: R, tx: tokio::sync::mpsc::Unboun
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_images_of_other_recipes_are_superseded() {
+        let tags: Vec<String> = [
+            default_image_tag(),
+            base_image_tag(),
+            BASE_IMAGE_LATEST.to_string(),
+            "agent-runner-sandbox:0123456789ab".into(),
+            "agent-runner-base:0123456789ab".into(),
+            "agent-runner:local".into(),
+            "python:3.12".into(),
+        ]
+        .to_vec();
+        assert_eq!(
+            superseded_tags(&tags),
+            [
+                "agent-runner-sandbox:0123456789ab",
+                "agent-runner-base:0123456789ab"
+            ]
+        );
+    }
 
     #[test]
     fn tag_is_derived_from_the_embedded_recipe() {
