@@ -172,6 +172,52 @@ impl Drop for Stack {
     }
 }
 
+/// What a killed earlier run of this test left: containers, volume, network and image of
+/// every `arcompose<pid>x<random>` project whose pid is no longer running.
+fn remove_stacks_of_dead_runs() {
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let projects = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]);
+    let mut dead: Vec<&str> = projects
+        .lines()
+        .filter(|p| {
+            p.strip_prefix("arcompose")
+                .and_then(|rest| rest.split_once('x'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    dead.sort();
+    dead.dedup();
+    for project in dead {
+        eprintln!("removing the compose stack {project} of a killed earlier run");
+        let label = format!("label=com.docker.compose.project={project}");
+        for id in docker(&["ps", "-aq", "--filter", &label]).split_whitespace() {
+            docker(&["rm", "-f", "-v", id]);
+        }
+        docker(&["volume", "rm", &format!("{project}_agent-runner-state")]);
+        docker(&["network", "rm", &format!("{project}_default")]);
+        let suffix = project.trim_start_matches("arcompose");
+        docker(&[
+            "rmi",
+            "--no-prune",
+            &format!("agent-runner-compose-test:{suffix}"),
+        ]);
+    }
+}
+
 fn docker_inspect(id: &str, format: &str) -> String {
     let out = Command::new("docker")
         .args(["inspect", "--format", format, id])
@@ -271,7 +317,14 @@ async fn the_compose_stack_serves_healthz_and_completes_a_task() {
     assert_eq!(latest.id, base.id, "sandbox build tags its base image");
 
     // The fake, reachable from containers as host.docker.internal (extra_hosts).
-    let suffix = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    // The test's pid names its stack, so a later run can tell a stack whose test was killed
+    // (and so never ran `down`) from one still in use by a run in progress.
+    remove_stacks_of_dead_runs();
+    let suffix = format!(
+        "{}x{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
     let token = format!("ghp_compose{}", uuid::Uuid::new_v4().simple());
     let gh = FakeGitHub::start_on(
         &token,
