@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{AgentOutcome, AgentRun, Budget};
-use crate::config::{Config, ConfigError, Redactor};
+use crate::config::{Config, ConfigError, Redactor, Secret};
 use crate::dispatch::{self, RepoName, Task};
 use crate::edit::PathPolicy;
 use crate::github::{GitHub, GitHubError};
@@ -393,6 +393,21 @@ enum Source {
     PlainDir(PathBuf),
 }
 
+/// The token git uses over HTTPS: `GITHUB_TOKEN`, or an installation token of the GitHub App
+/// when that is configured instead. `None` when neither is (a public clone needs none).
+async fn git_token(config: &Config) -> Result<Option<Secret>, RunError> {
+    let app_configured = config.github_app_id.is_some()
+        || config.github_app_installation_id.is_some()
+        || config.github_app_private_key.is_some()
+        || config.github_app_private_key_path.is_some();
+    if config.github_token.is_none() && !app_configured {
+        return Ok(None);
+    }
+    let credentials = config.github_credentials()?;
+    let github = GitHub::with_credentials(&config.github_api_url, &credentials)?;
+    Ok(Some(github.git_token().await?))
+}
+
 fn classify(repo: &str) -> Source {
     let path = Path::new(repo);
     if path.is_dir() {
@@ -418,8 +433,12 @@ pub async fn solve(config: &Config, request: SolveRequest) -> Result<SolveReport
         config.git_author_name.clone(),
         config.git_author_email.clone(),
     );
-    let token = config.github_token.clone();
     let source = classify(&request.repo);
+    // Git over HTTPS needs a token only to clone from a URL or to push.
+    let token = match (&source, request.push) {
+        (Source::Url(_), _) | (_, true) => git_token(config).await?,
+        _ => None,
+    };
 
     let mut timings = Timings::default();
     let clone_started = Instant::now();

@@ -758,6 +758,27 @@ async fn solve_on_a_local_git_repo_leaves_a_branch_there_and_never_pushes_elsewh
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn solve_clones_and_pushes_over_https_with_github_app_credentials() {
+    let world = World::new().await;
+    let private = world.enable_app();
+    let env = app_env(&private);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = world.gh.clone_url(TARGET);
+    let output = world.solve(&url, "fix", &["--push"], &env).await;
+    assert_exit(&output, 0);
+    let pushed = branch_names(&world.target_bare);
+    assert!(
+        pushed.iter().any(|b| b.starts_with("agent/")),
+        "pushed with an installation token: {pushed:?}"
+    );
+    assert!(
+        !world.gh.app_tokens().is_empty(),
+        "an installation token was minted for git"
+    );
+    world.assert_no_secret_leaked(&[&output]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn docker_unreachable_is_a_clear_error() {
     let world = World::new().await;
     let output = world
