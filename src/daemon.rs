@@ -226,15 +226,38 @@ async fn accept(daemon: &Daemon, issue: IssueInput) -> Result<(), DaemonError> {
 async fn schedule(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let slots = Arc::new(Semaphore::new(daemon.config.max_concurrent_tasks.max(1)));
     let mut workers: JoinSet<()> = JoinSet::new();
+    let mut cap_announced = None;
     loop {
         while workers.try_join_next().is_some() {}
-        start_due(&daemon, &slots, &mut workers).await?;
-        let nap = match daemon.store.next_due_in().await? {
+        let cap_wait = daily_cap_spent(&daemon).await?;
+        match cap_wait {
+            None => start_due(&daemon, &slots, &mut workers).await?,
+            Some(wait) => {
+                let today = chrono::Utc::now().date_naive();
+                if cap_announced != Some(today) {
+                    cap_announced = Some(today);
+                    tracing::warn!(
+                        cap = daemon.config.agent.max_tokens_per_day,
+                        resume_in_secs = wait.as_secs(),
+                        "the daily token cap (agent.max_tokens_per_day) is used up: queued tasks wait for the next UTC day"
+                    );
+                }
+            }
+        }
+        let mut nap = match daemon.store.next_due_in().await? {
             Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
             // Something is due but no slot is free: a finishing worker wakes us.
             Some(_) => Duration::from_secs(5),
             None => Duration::from_secs(3600),
         };
+        if let Some(wait) = cap_wait {
+            // Checked again now and then: another runner sharing the journal, or a new
+            // day, may change it.
+            nap = nap
+                .max(Duration::from_secs(5))
+                .min(wait)
+                .min(Duration::from_secs(60));
+        }
         tokio::select! {
             _ = daemon.wake.notified() => {}
             _ = tokio::time::sleep(nap) => {}
@@ -242,6 +265,22 @@ async fn schedule(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Resul
         }
     }
     drain(&daemon, workers).await
+}
+
+/// When today's tokens reached `agent.max_tokens_per_day`: how long until the next UTC
+/// day. New tasks do not start meanwhile (each would stop at once, as failed); running
+/// ones stop by themselves before their next model call.
+async fn daily_cap_spent(daemon: &Daemon) -> Result<Option<Duration>, DaemonError> {
+    let cap = daemon.config.agent.max_tokens_per_day;
+    if cap == 0 {
+        return Ok(None);
+    }
+    let now = chrono::Utc::now();
+    let used = daemon
+        .store
+        .counter(&crate::agent::daily_tokens_key(now.date_naive()))
+        .await?;
+    Ok((used >= cap).then(|| crate::agent::until_next_utc_day(now)))
 }
 
 async fn start_due(

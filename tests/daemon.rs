@@ -391,3 +391,64 @@ async fn two_runners_never_both_work_one_task() {
         .count();
     assert_eq!(cloned, 1, "exactly one runner did the task");
 }
+
+/// A spent daily token cap holds queued tasks back instead of failing them one by one; with
+/// tokens left (a raised cap here, the next UTC day in life) the same task runs to its PR.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_daily_token_cap_holds_tasks_until_there_are_tokens_again() {
+    let world = World::new().await;
+    let state = world.tmp.path().join("state-capped");
+    let today = agent_runner::agent::daily_tokens_key(chrono::Utc::now().date_naive());
+    let store = agent_runner::store::Store::open(&state).await.unwrap();
+    store.add_to_counter(&today, 5000).await.unwrap();
+    drop(store);
+
+    let n = world.dispatch_issue(&dispatch_body(TASK_ID));
+    let runner = world.serve("capped", &[("AGENT_RUNNER_MAX_TOKENS_PER_DAY", "5000")]);
+    let started = Instant::now();
+    while !world.log("capped").contains("the daily token cap") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no word of the cap:\n{}",
+            world.log("capped")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few polls later: still queued, nothing started, nothing failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    runner.stop().await;
+    assert_eq!(
+        journal(&state),
+        [(TASK_ID.to_string(), "queued".to_string())]
+    );
+    let labels = world.gh.labels_of(DISPATCH, n);
+    assert!(
+        !labels.iter().any(|l| l.starts_with("agent:")),
+        "{labels:?}"
+    );
+    assert!(world.gh.pulls(TARGET).is_empty());
+
+    let runner = world.serve("capped", &[("AGENT_RUNNER_MAX_TOKENS_PER_DAY", "1000000")]);
+    world
+        .wait_for("the done label", Duration::from_secs(300), |gh| {
+            gh.labels_of(DISPATCH, n)
+                .iter()
+                .any(|l| l == "agent:done" || l == "agent:failed")
+        })
+        .await;
+    runner.stop().await;
+    assert!(
+        world
+            .gh
+            .labels_of(DISPATCH, n)
+            .contains(&"agent:done".to_string()),
+        "{}",
+        world.log("capped")
+    );
+    let store = agent_runner::store::Store::open(&state).await.unwrap();
+    assert_eq!(
+        store.counter(&today).await.unwrap(),
+        5000 + 1012 + 64,
+        "the task's tokens are counted"
+    );
+}

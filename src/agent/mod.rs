@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use actions::{Action, ActionError};
-pub use rules::{Budget, FailureSignature, Repetition, StopReason, failing_tests};
+pub use rules::{
+    Budget, FailureSignature, Repetition, StopReason, daily_tokens_key, failing_tests,
+    until_next_utc_day,
+};
 pub use transcript::render as render_transcript;
 
 use explore::ActionResult;
@@ -110,9 +113,9 @@ pub struct AgentRun<'a> {
     pub journal: Option<&'a Store>,
 }
 
-/// The key under which the journal counts the tokens of one UTC day.
-fn daily_tokens_key() -> String {
-    format!("tokens_used:{}", chrono::Utc::now().format("%Y-%m-%d"))
+/// The journal key of today's (UTC) tokens.
+fn today_tokens_key() -> String {
+    daily_tokens_key(chrono::Utc::now().date_naive())
 }
 
 /// How the model asks to look around, decided once per task by the preflight probe.
@@ -231,7 +234,7 @@ impl AgentRun<'_> {
                 break stop;
             }
             if let Some(journal) = self.journal.filter(|_| budget.max_tokens_per_day > 0) {
-                let used_today = journal.counter(&daily_tokens_key()).await?;
+                let used_today = journal.counter(&today_tokens_key()).await?;
                 if let Some(stop) = rules::daily_tokens_exhausted(used_today, budget) {
                     break stop;
                 }
@@ -276,7 +279,7 @@ impl AgentRun<'_> {
             if let Some(journal) = self.journal.filter(|_| budget.max_tokens_per_day > 0) {
                 journal
                     .add_to_counter(
-                        &daily_tokens_key(),
+                        &today_tokens_key(),
                         reply.usage.prompt_tokens + reply.usage.completion_tokens,
                     )
                     .await?;

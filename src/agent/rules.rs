@@ -146,6 +146,23 @@ pub fn tokens_exhausted(used: &Usage, budget: &Budget) -> Option<StopReason> {
     None
 }
 
+/// The journal key under which the tokens of one UTC day are counted.
+pub fn daily_tokens_key(day: chrono::NaiveDate) -> String {
+    format!("tokens_used:{}", day.format("%Y-%m-%d"))
+}
+
+/// How long until the next UTC day begins (and a spent daily cap with it).
+pub fn until_next_utc_day(now: chrono::DateTime<chrono::Utc>) -> Duration {
+    let midnight = now
+        .date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    midnight
+        .and_then(|m| (m - now).to_std().ok())
+        .unwrap_or(Duration::from_secs(3600))
+}
+
 /// Checked before each model call, with the day's total of every task sharing the journal.
 pub fn daily_tokens_exhausted(used_today: u64, budget: &Budget) -> Option<StopReason> {
     (budget.max_tokens_per_day > 0 && used_today >= budget.max_tokens_per_day).then(|| {
@@ -648,6 +665,16 @@ mod tests {
         assert!(calls_exhausted(2, &b));
         assert!(!test_runs_exhausted(2, &b));
         assert!(test_runs_exhausted(3, &b));
+    }
+
+    #[test]
+    fn days_are_counted_under_their_utc_date() {
+        use chrono::TimeZone;
+        let now = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 30)
+            .unwrap();
+        assert_eq!(daily_tokens_key(now.date_naive()), "tokens_used:2026-12-31");
+        assert_eq!(until_next_utc_day(now), Duration::from_secs(30));
     }
 
     #[test]
