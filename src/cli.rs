@@ -305,7 +305,18 @@ pub async fn main(cli: Cli) -> ExitCode {
         Ok(config) => config,
         Err(failure) => return report(failure, None),
     };
-    crate::logging::init(&config.log_level, cli.log_format == LogFormat::Json);
+    // `eval` prints a line per run; the runs' own INFO logs would bury them, so it logs
+    // warnings only unless a level was asked for.
+    let quiet_eval = matches!(cli.command, Command::Eval(_))
+        && cli.log_level.is_none()
+        && std::env::var_os("LOG_LEVEL").is_none()
+        && std::env::var_os("RUST_LOG").is_none();
+    let level = if quiet_eval {
+        "warn"
+    } else {
+        &config.log_level
+    };
+    crate::logging::init(level, cli.log_format == LogFormat::Json);
     let redactor = config.redactor();
     let result = match cli.command {
         Command::Solve(args) => solve(config, args).await,
