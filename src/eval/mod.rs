@@ -281,6 +281,7 @@ fn empty_record(model: &ModelSpec, task: &SuiteTask, repeat: u32) -> RunRecord {
         error: None,
         calls: 0,
         feedback_rounds: 0,
+        actions: 0,
         malformed_replies: 0,
         well_formed: true,
         edits_applied: 0,
@@ -343,6 +344,7 @@ async fn run_one(
             record.stop = outcome.stop.code().to_string();
             record.calls = outcome.iterations;
             record.feedback_rounds = outcome.iterations.saturating_sub(1);
+            record.actions = outcome.actions;
             record.edits_applied = outcome.edits_applied;
             record.test_runs = outcome.test_runs;
             record.tokens_in = outcome.usage.prompt_tokens;

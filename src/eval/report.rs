@@ -31,6 +31,9 @@ pub struct RunRecord {
     /// No reply of the run had a malformed edit (Aider's "percent cases well formed").
     pub well_formed: bool,
     pub edits_applied: u32,
+    /// Exploration actions answered (list, read, search, run).
+    #[serde(default)]
+    pub actions: u32,
     pub test_runs: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
@@ -54,6 +57,9 @@ pub struct ModelSummary {
     pub well_formed: u32,
     pub well_formed_pct: f64,
     pub mean_feedback_rounds: f64,
+    /// Exploration actions per run.
+    #[serde(default)]
+    pub mean_actions: f64,
     pub tokens_in: u64,
     pub tokens_out: u64,
     /// Summed over the runs (they may have overlapped).
@@ -121,6 +127,14 @@ pub fn summarize(model: &str, runs: &[RunRecord]) -> ModelSummary {
     }
     let wall_secs: f64 = mine.iter().map(|r| r.wall_secs).sum();
     let feedback: u32 = mine.iter().map(|r| r.feedback_rounds).sum();
+    let actions: u32 = mine.iter().map(|r| r.actions).sum();
+    let mean = |total: u32| {
+        if n == 0 {
+            0.0
+        } else {
+            round2(f64::from(total) / f64::from(n))
+        }
+    };
     ModelSummary {
         model: model.to_string(),
         runs: n,
@@ -128,11 +142,8 @@ pub fn summarize(model: &str, runs: &[RunRecord]) -> ModelSummary {
         resolved_pct: pct(resolved, n),
         well_formed,
         well_formed_pct: pct(well_formed, n),
-        mean_feedback_rounds: if n == 0 {
-            0.0
-        } else {
-            round2(f64::from(feedback) / f64::from(n))
-        },
+        mean_feedback_rounds: mean(feedback),
+        mean_actions: mean(actions),
         tokens_in: mine.iter().map(|r| r.tokens_in).sum(),
         tokens_out: mine.iter().map(|r| r.tokens_out).sum(),
         wall_secs: round2(wall_secs),
@@ -182,13 +193,13 @@ fn cell(text: &str) -> String {
 /// One row per model.
 pub fn markdown_table(models: &[ModelSummary]) -> String {
     let mut out = String::from(
-        "| model | resolved | edits well-formed | mean feedback rounds | tokens in | tokens out | wall time | stop reasons |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| model | resolved | edits well-formed | mean feedback rounds | mean actions | tokens in | tokens out | wall time | stop reasons |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for m in models {
         let _ = writeln!(
             out,
-            "| {} | {:.1}% ({}/{}) | {:.1}% ({}/{}) | {:.2} | {} | {} | {:.1} s ({:.1} s/run) | {} |",
+            "| {} | {:.1}% ({}/{}) | {:.1}% ({}/{}) | {:.2} | {:.2} | {} | {} | {:.1} s ({:.1} s/run) | {} |",
             cell(&m.model),
             m.resolved_pct,
             m.resolved,
@@ -197,6 +208,7 @@ pub fn markdown_table(models: &[ModelSummary]) -> String {
             m.well_formed,
             m.runs,
             m.mean_feedback_rounds,
+            m.mean_actions,
             m.tokens_in,
             m.tokens_out,
             m.wall_secs,
@@ -446,6 +458,7 @@ mod tests {
             malformed_replies: 0,
             well_formed: true,
             edits_applied: 1,
+            actions: 0,
             test_runs: 1,
             tokens_in: 1000,
             tokens_out: 100,
@@ -468,6 +481,7 @@ mod tests {
         looped.feedback_rounds = 3;
         looped.malformed_replies = 1;
         looped.well_formed = false;
+        looped.actions = 6;
         vec![run("m", "a"), cheat, looped, run("other", "a")]
     }
 
@@ -476,7 +490,7 @@ mod tests {
         let s = summarize("m", &runs());
         assert_eq!((s.runs, s.resolved, s.well_formed), (3, 1, 2));
         assert_eq!((s.resolved_pct, s.well_formed_pct), (33.3, 66.7));
-        assert_eq!(s.mean_feedback_rounds, 1.0);
+        assert_eq!((s.mean_feedback_rounds, s.mean_actions), (1.0, 2.0));
         assert_eq!((s.tokens_in, s.tokens_out), (3000, 300));
         assert_eq!((s.wall_secs, s.mean_wall_secs), (4.5, 1.5));
         assert_eq!(s.visible_only, 1);
@@ -518,7 +532,7 @@ mod tests {
         assert!(lines[0].starts_with("| model | resolved | edits well-formed |"));
         assert_eq!(
             lines[2],
-            "| m\\|x | 100.0% (1/1) | 100.0% (1/1) | 0.00 | 1000 | 100 | 1.5 s (1.5 s/run) | success 1 |"
+            "| m\\|x | 100.0% (1/1) | 100.0% (1/1) | 0.00 | 0.00 | 1000 | 100 | 1.5 s (1.5 s/run) | success 1 |"
         );
     }
 
