@@ -307,7 +307,7 @@ pub fn render_markdown(results: &Results) -> String {
          the task's `hidden/` files copied over it, so editing the visible tests does not help). \
          *Edits well-formed*: runs in which no reply had an edit the edit engine rejected as \
          malformed (Aider's \"percent cases well formed\"). *Feedback rounds*: model calls after \
-         the first. Wall time is summed over runs, which may overlap.\n\n## Per task\n\n",
+         the first. *Actions*: looks at the repository (list, read, search, run) per run. Wall time is summed over runs, which may overlap.\n\n## Per task\n\n",
     );
     out.push_str(&task_matrix(&results.tasks, &results.models));
     let errors: Vec<&RunRecord> = results
