@@ -77,11 +77,16 @@ impl Run {
             .collect()
     }
 
-    /// `agent-runner transcript <task-id>` of this run.
-    async fn show_transcript(&self) -> Output {
+    /// `agent-runner transcript <task-id>` of this run shows each of `expected`.
+    async fn assert_transcript_shows(&self, expected: &[&str]) {
         let path = self.transcript_path();
         let task_id = path.file_stem().unwrap().to_string_lossy();
-        self.again(&["transcript", &task_id]).await
+        let shown = self.again(&["transcript", &task_id]).await;
+        assert_eq!(shown.status.code(), Some(0), "{shown:?}");
+        let page = String::from_utf8_lossy(&shown.stdout);
+        for expected in expected {
+            assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
+        }
     }
 
     /// Runs the binary again in the same world (state dir, HOME).
@@ -272,10 +277,7 @@ async fn an_edit_that_undoes_the_previous_one_is_nudged_then_stopped_and_the_tra
         "{text}"
     );
 
-    let shown = run.show_transcript().await;
-    assert_eq!(shown.status.code(), Some(0), "{shown:?}");
-    let page = String::from_utf8_lossy(&shown.stdout);
-    for expected in [
+    run.assert_transcript_shows(&[
         "Run 1, started ",
         "  baseline: exit 2",
         "failing: test_calc.CalcTest.test_add",
@@ -287,9 +289,8 @@ async fn an_edit_that_undoes_the_previous_one_is_nudged_then_stopped_and_the_tra
         "Turn 3 (1800 tokens in, 40 out",
         "Stopped: loop: the model went in circles even after a nudge: ",
         "Totals:  3 model calls, 4200 tokens in, 120 out, 3 test runs after the baseline, 3 edit sets applied, 0 rejected",
-    ] {
-        assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
-    }
+    ])
+    .await;
 
     let missing = run.again(&["transcript", "no-such-task"]).await;
     assert_eq!(missing.status.code(), Some(2));
@@ -352,16 +353,13 @@ async fn the_model_looks_around_with_text_actions_then_fixes() {
     let stop = &transcript_events(&run, "stop")[0];
     assert_eq!(stop["actions"], 5, "{stop}");
     // People see what the model looked at.
-    let shown = run.show_transcript().await;
-    let page = String::from_utf8_lossy(&shown.stdout);
-    for expected in [
+    run.assert_transcript_shows(&[
         "  probe:    context window unknown; exploration by text actions\n",
         "  looked:   read_file calc.py 1-6 → 7 lines\n",
         "  looked:   forget everything → error: unknown action `forget`",
         ", 5 actions, ",
-    ] {
-        assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
-    }
+    ])
+    .await;
     // The host's tree has the fix and nothing of the exploration.
     assert!(!run.stdout().contains("hacked"), "{}", run.describe());
     assert!(!run.stdout().contains("# x"), "{}", run.describe());
