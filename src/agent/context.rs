@@ -247,11 +247,12 @@ pub fn cap_middle(text: &str, max_bytes: usize) -> String {
 /// The conversation as sent: the system prompt and the task prompt always, then the most
 /// recent turns that fit `max_tokens`. When turns are left out, the task prompt says how
 /// many, and the kept part starts at an assistant turn so roles still alternate and no
-/// tool result is separated from its call. Returns the messages and how many were left out.
-pub fn fit_history(messages: &[Message], max_tokens: usize) -> (Vec<Message>, usize) {
+/// tool result is separated from its call. Returns the messages to send and how many were
+/// left out, or `None` when the whole conversation fits.
+pub fn fit_history(messages: &[Message], max_tokens: usize) -> Option<(Vec<Message>, usize)> {
     let total: usize = messages.iter().map(message_tokens).sum();
     if total <= max_tokens || messages.len() <= 3 {
-        return (messages.to_vec(), 0);
+        return None;
     }
     let head = &messages[..2];
     let note_tokens = 40;
@@ -270,7 +271,7 @@ pub fn fit_history(messages: &[Message], max_tokens: usize) -> (Vec<Message>, us
     }
     let left_out = start - 2;
     if left_out == 0 {
-        return (messages.to_vec(), 0);
+        return None;
     }
     let mut task = head[1].clone();
     task.content.push_str(&format!(
@@ -278,7 +279,7 @@ pub fn fit_history(messages: &[Message], max_tokens: usize) -> (Vec<Message>, us
     ));
     let mut out = vec![head[0].clone(), task];
     out.extend_from_slice(&messages[start..]);
-    (out, left_out)
+    Some((out, left_out))
 }
 
 #[cfg(test)]
@@ -414,13 +415,13 @@ mod tests {
     #[test]
     fn history_that_fits_is_sent_whole() {
         let messages = conversation(3, 10);
-        assert_eq!(fit_history(&messages, 10_000), (messages.clone(), 0));
+        assert_eq!(fit_history(&messages, 10_000), None);
     }
 
     #[test]
     fn history_drops_the_oldest_turns_and_says_so() {
         let messages = conversation(10, 300); // ~110 tokens a message
-        let (sent, left_out) = fit_history(&messages, 600);
+        let (sent, left_out) = fit_history(&messages, 600).unwrap();
         assert!(left_out > 0 && left_out % 2 == 0, "whole turns: {left_out}");
         assert_eq!(sent[0].content, "sys");
         assert!(
@@ -450,7 +451,7 @@ mod tests {
         messages.push(Message::assistant_with_tools("", vec![call]));
         messages.push(Message::tool_result("c1", "x".repeat(300)));
         messages.push(Message::tool_result("c1", "y".repeat(300)));
-        let (sent, _) = fit_history(&messages, 400);
+        let (sent, _) = fit_history(&messages, 400).unwrap();
         assert_eq!(sent[2].role, Role::Assistant, "{sent:?}");
         assert_eq!(sent[2].tool_calls.len(), 1);
     }

@@ -249,19 +249,17 @@ impl AgentRun<'_> {
                 &serde_json::json!({"turn": turn, "messages": &messages[logged..]}),
             )?;
             logged = messages.len() + 1;
-            let (sent, left_out) = match window {
-                Some(w) => context::fit_history(&messages, w),
-                None => (messages.clone(), 0),
-            };
-            if left_out > 0 {
+            let fitted = window.and_then(|w| context::fit_history(&messages, w));
+            if let Some((_, left_out)) = &fitted {
                 transcript.event(
                     "context_fit",
                     &serde_json::json!({"turn": turn, "left_out_messages": left_out, "input_tokens": window}),
                 )?;
             }
+            let sent: &[Message] = fitted.as_ref().map_or(&messages, |(m, _)| m);
             let asked = Instant::now();
             let reply =
-                match tokio::time::timeout(remaining, self.model.complete(&sent, &tools)).await {
+                match tokio::time::timeout(remaining, self.model.complete(sent, &tools)).await {
                     Err(_) => break StopReason::Timeout,
                     Ok(Err(e)) => {
                         transcript.event(
