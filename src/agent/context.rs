@@ -1,33 +1,17 @@
 //! What the model sees, fitted to its context window: a map of the repository (paths and
 //! top-level symbols), the files most likely to matter, and a conversation that drops its
 //! oldest turns before it overflows. Whatever does not fit is named, never cut silently.
-//! Token counts are estimates (three bytes a token: code tokenises denser than prose), so
-//! a window is never overfilled by an optimistic guess.
+//! Token counts are `llm`'s estimates (three bytes a token: code tokenises denser than
+//! prose), so a window is never overfilled by an optimistic guess.
 
 use std::path::Path;
 
-use crate::llm::{Message, Role};
+use crate::llm::{Message, Role, estimate_message_tokens as message_tokens};
 
-/// Bytes per token assumed when sizing text for a window.
-pub const BYTES_PER_TOKEN: usize = 3;
 /// Files larger than this are listed in the map but never inlined or scanned for symbols.
 pub const MAX_INLINE_FILE_BYTES: u64 = 64 * 1024;
 /// Top-level symbols listed per file in the map.
 const MAX_SYMBOLS_PER_FILE: usize = 12;
-
-pub fn estimate_tokens(text: &str) -> usize {
-    text.len().div_ceil(BYTES_PER_TOKEN)
-}
-
-fn message_tokens(m: &Message) -> usize {
-    // Role markers and the template's framing: a few tokens a message.
-    estimate_tokens(&m.content)
-        + m.tool_calls
-            .iter()
-            .map(|c| estimate_tokens(&c.arguments) + estimate_tokens(&c.name))
-            .sum::<usize>()
-        + 8
-}
 
 /// How many tokens of input the model can take: its window less what its reply needs
 /// (at most a quarter of the window: a small local window with a large output limit must

@@ -25,7 +25,7 @@ use rules::{LoopDetector, Verdict};
 use transcript::Transcript;
 
 use crate::edit::{self, PathPolicy};
-use crate::llm::{ChatModel, Completion, Message, ToolSpec, Usage};
+use crate::llm::{BYTES_PER_TOKEN, ChatModel, Completion, Message, ToolSpec, Usage};
 use crate::sandbox::{ExecOutcome, Sandbox, SandboxError};
 use crate::store::{Store, StoreError};
 
@@ -127,6 +127,16 @@ enum Protocol {
     Text,
 }
 
+impl Protocol {
+    /// As the transcript records it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+            Protocol::Text => "text",
+        }
+    }
+}
+
 impl AgentRun<'_> {
     pub async fn run(&self) -> Result<AgentOutcome, AgentError> {
         let mut transcript = Transcript::create(self.transcript)?;
@@ -164,7 +174,7 @@ impl AgentRun<'_> {
             &serde_json::json!({
                 "native_tools": capabilities.native_tools,
                 "context_tokens": capabilities.context_tokens,
-                "protocol": if protocol == Protocol::Native { "native" } else { "text" },
+                "protocol": protocol.as_str(),
                 "input_tokens": window,
             }),
         )?;
@@ -174,7 +184,7 @@ impl AgentRun<'_> {
             Protocol::Text => Vec::new(),
         };
         let action_output_bytes = window
-            .map(|w| (w * context::BYTES_PER_TOKEN / 4).clamp(1000, MAX_ACTION_OUTPUT_BYTES))
+            .map(|w| (w * BYTES_PER_TOKEN / 4).clamp(1000, MAX_ACTION_OUTPUT_BYTES))
             .unwrap_or(MAX_ACTION_OUTPUT_BYTES);
 
         let baseline = self.sandbox.exec(self.test_cmd).await?;
@@ -453,7 +463,7 @@ impl AgentRun<'_> {
                 "edits_rejected": outcome.edits_rejected,
                 "replies_without_edits": outcome.replies_without_edits,
                 "actions": outcome.actions,
-                "protocol": if protocol == Protocol::Native { "native" } else { "text" },
+                "protocol": protocol.as_str(),
                 "llm_seconds": outcome.llm_time.as_secs_f64(),
                 "seconds": started.elapsed().as_secs_f64(),
             }),
@@ -617,7 +627,7 @@ struct TaskContext<'a> {
 fn prompt_bytes(window: Option<usize>, max_context_bytes: usize, system_bytes: usize) -> usize {
     let configured = max_context_bytes + MAX_MAP_BYTES;
     match window {
-        Some(tokens) => (tokens * context::BYTES_PER_TOKEN / 2)
+        Some(tokens) => (tokens * BYTES_PER_TOKEN / 2)
             .saturating_sub(system_bytes)
             .min(configured),
         None => configured,

@@ -41,6 +41,11 @@ pub enum ModelKind {
 
 pub const SPEC_HELP: &str = "use `replay:<dir>` (one <task>.jsonl per task) or `openai:<model>[@<base_url>]`, optionally followed by `,name=<name>`, and for openai `,temperature=<t>`, `,max_output_tokens=<n>`, `,timeout=<secs>`, `,key_env=<VAR>`, `,context_tokens=<n>`, `,tools=auto|native|text`";
 
+/// A number above zero, or `None`.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> Option<T> {
+    value.parse().ok().filter(|n| *n > T::default())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("--model {spec:?}: {message}")]
 pub struct SpecError {
@@ -127,30 +132,16 @@ impl ModelSpec {
                     )
                 }
                 "max_output_tokens" => {
-                    out.max_output_tokens = Some(
-                        value
-                            .parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| bad("a positive whole number"))?,
-                    )
+                    out.max_output_tokens =
+                        Some(positive(value).ok_or_else(|| bad("a positive whole number"))?)
                 }
                 "timeout" => {
-                    out.timeout_secs = Some(
-                        value
-                            .parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| bad("a positive number of seconds"))?,
-                    )
+                    out.timeout_secs =
+                        Some(positive(value).ok_or_else(|| bad("a positive number of seconds"))?)
                 }
                 "context_tokens" => {
                     out.context_tokens = Some(
-                        value
-                            .parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| bad("a positive whole number of tokens"))?,
+                        positive(value).ok_or_else(|| bad("a positive whole number of tokens"))?,
                     )
                 }
                 "tools" => {

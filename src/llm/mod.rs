@@ -193,6 +193,22 @@ pub fn from_config(config: &LlmConfig) -> Result<Box<dyn ChatModel>, LlmError> {
     }
 }
 
+/// Bytes per token assumed when sizing text for a window: code tokenises denser than
+/// prose, so this over- rather than underestimates.
+pub const BYTES_PER_TOKEN: usize = 3;
+
+/// The tokens a message takes in a prompt, estimated on the high side: its text, its tool
+/// calls, and a few for the role markers and the template's framing.
+pub fn estimate_message_tokens(m: &Message) -> usize {
+    let tokens = |text: &str| text.len().div_ceil(BYTES_PER_TOKEN);
+    tokens(&m.content)
+        + m.tool_calls
+            .iter()
+            .map(|c| tokens(&c.arguments) + tokens(&c.name))
+            .sum::<usize>()
+        + 8
+}
+
 /// When a server reports no usage: about four characters a token.
 fn estimate_usage(messages: &[Message], reply: &str) -> Usage {
     let prompt: usize = messages.iter().map(|m| m.content.len()).sum();

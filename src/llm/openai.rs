@@ -370,25 +370,14 @@ impl OpenAiModel {
     }
 }
 
-/// Prompt tokens, over- rather than underestimated (three bytes a token, a few for each
-/// message's framing).
+/// Prompt tokens, over- rather than underestimated: the messages and the tools' schemas.
 fn prompt_estimate(messages: &[Message], tools: &[ToolSpec]) -> u64 {
-    let bytes: usize = messages
+    let tools: usize = tools
         .iter()
-        .map(|m| {
-            m.content.len()
-                + m.tool_calls
-                    .iter()
-                    .map(|c| c.arguments.len() + c.name.len())
-                    .sum::<usize>()
-                + 24
-        })
-        .sum::<usize>()
-        + tools
-            .iter()
-            .map(|t| t.description.len() + t.parameters.to_string().len())
-            .sum::<usize>();
-    bytes.div_ceil(3) as u64
+        .map(|t| t.description.len() + t.parameters.to_string().len())
+        .sum();
+    let messages: usize = messages.iter().map(super::estimate_message_tokens).sum();
+    (messages + tools.div_ceil(super::BYTES_PER_TOKEN)) as u64
 }
 
 /// The completion limit of one request: the configured one, lowered so prompt and reply
