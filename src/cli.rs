@@ -843,19 +843,14 @@ async fn sandbox_build() -> Result<ExitCode, Failure> {
         "base image {base} is also tagged {} (the runner image's BASE_IMAGE)",
         crate::sandbox::BASE_IMAGE_LATEST
     );
-    if let Ok(images) = docker
-        .list_images(None::<bollard::query_parameters::ListImagesOptions>)
-        .await
+    if let Ok(old) = crate::sandbox::superseded_images(&docker).await
+        && !old.is_empty()
     {
-        let tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).collect();
-        let old = crate::sandbox::superseded_tags(&tags);
-        if !old.is_empty() {
-            eprintln!(
-                "{} images of other recipes (other agent-runner versions) remain ({}); `agent-runner sandbox prune` removes them",
-                old.len(),
-                old.join(", ")
-            );
-        }
+        eprintln!(
+            "{} images of other recipes (other agent-runner versions) remain ({}); `agent-runner sandbox prune` removes them",
+            old.len(),
+            old.join(", ")
+        );
     }
     println!("{tag}");
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use bollard::Docker;
+use bollard::models::ImageSummary;
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
     RemoveImageOptionsBuilder, TagImageOptionsBuilder,
@@ -116,6 +117,31 @@ pub fn superseded_tags(tags: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The sandbox and base images the engine holds, current or not.
+async fn own_images(docker: &Docker) -> Result<Vec<ImageSummary>, SandboxError> {
+    let filters = HashMap::from([(
+        "reference".to_string(),
+        vec![IMAGE_REPO.to_string(), BASE_REPO.to_string()],
+    )]);
+    Ok(docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await?)
+}
+
+/// Tags of the images of other recipes the engine holds, for [`prune_images`] to remove.
+pub async fn superseded_images(docker: &Docker) -> Result<Vec<String>, SandboxError> {
+    let tags: Vec<String> = own_images(docker)
+        .await?
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect();
+    Ok(superseded_tags(&tags))
+}
+
 /// What [`prune_images`] did: tags removed (with the bytes they held), and tags kept with why.
 #[derive(Debug, Default)]
 pub struct Pruned {
@@ -128,17 +154,7 @@ pub struct Pruned {
 /// image a container still uses or another image is built on: Docker refuses those.
 /// Sandbox images go first, so the base images they were built on can go after them.
 pub async fn prune_images(docker: &Docker) -> Result<Pruned, SandboxError> {
-    let filters = HashMap::from([(
-        "reference".to_string(),
-        vec![format!("{IMAGE_REPO}"), format!("{BASE_REPO}")],
-    )]);
-    let images = docker
-        .list_images(Some(
-            ListImagesOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
+    let images = own_images(docker).await?;
     let size_of = |tag: &str| {
         images
             .iter()

@@ -30,7 +30,7 @@ pub use container::Sandbox;
 pub use exec::ExecOutcome;
 pub use image::{
     BASE_IMAGE_LATEST, Pruned, base_image_tag, default_image_tag, ensure_default_image,
-    prune_images, recipe_hash, superseded_tags, tag_base_image_latest,
+    prune_images, recipe_hash, superseded_images, superseded_tags, tag_base_image_latest,
 };
 pub use reap::{remove_orphans, remove_own, remove_stale};
 pub use supervise::{Supervision, stop_tasks_on_signals, supervise, tasks_stop_on_signals};
