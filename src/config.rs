@@ -623,7 +623,7 @@ impl Config {
     }
 
     /// The GitHub App settings when any is set: all three or an error naming what is missing.
-    fn github_app_parts(&self) -> Result<Option<(u64, u64)>, ConfigError> {
+    pub(crate) fn github_app_parts(&self) -> Result<Option<(u64, u64)>, ConfigError> {
         let has_key =
             self.github_app_private_key.is_some() || self.github_app_private_key_path.is_some();
         match (self.github_app_id, self.github_app_installation_id, has_key) {

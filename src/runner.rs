@@ -396,11 +396,7 @@ enum Source {
 /// The token git uses over HTTPS: `GITHUB_TOKEN`, or an installation token of the GitHub App
 /// when that is configured instead. `None` when neither is (a public clone needs none).
 async fn git_token(config: &Config) -> Result<Option<Secret>, RunError> {
-    let app_configured = config.github_app_id.is_some()
-        || config.github_app_installation_id.is_some()
-        || config.github_app_private_key.is_some()
-        || config.github_app_private_key_path.is_some();
-    if config.github_token.is_none() && !app_configured {
+    if config.github_token.is_none() && config.github_app_parts()?.is_none() {
         return Ok(None);
     }
     let credentials = config.github_credentials()?;
